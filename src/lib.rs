@@ -1,0 +1,10 @@
+//! pipemail: a bulk mailer built on an ESMTP PIPELINING (RFC 2920) and CHUNKING (RFC 3030)
+//! client engine.
+#![forbid(unsafe_code)]
+
+pub mod engine;
+pub mod input;
+pub mod latency;
+pub mod report;
+pub mod sink;
+pub mod template;
