@@ -50,7 +50,12 @@ pub fn check_address(addr: &str) -> Result<(), AddressError> {
     if !quoted && local.contains(char::is_whitespace) || domain.contains(char::is_whitespace) {
         return Err(AddressError::Space);
     }
-    if !quoted && (local.contains('@') || local.starts_with('.') || local.ends_with('.') || local.contains("..")) {
+    if !quoted
+        && (local.contains('@')
+            || local.starts_with('.')
+            || local.ends_with('.')
+            || local.contains(".."))
+    {
         return Err(AddressError::Syntax);
     }
     if domain.starts_with('.') || domain.ends_with('.') || domain.contains("..") {
@@ -99,7 +104,10 @@ pub enum Verb {
 impl Verb {
     /// RFC 2920 §3.1: may this command stand anywhere in a pipelined group, or must it end it?
     pub fn ends_group(self) -> bool {
-        !matches!(self, Self::Mail | Self::Rcpt | Self::Rset | Self::Bdat | Self::Body)
+        !matches!(
+            self,
+            Self::Mail | Self::Rcpt | Self::Rset | Self::Bdat | Self::Body
+        )
     }
 }
 

@@ -1,0 +1,211 @@
+//! Message body encoding: line endings made CRLF, dot-stuffing for DATA (RFC 5321 §4.5.2) and
+//! exact octet counts for BDAT (RFC 3030).
+//!
+//! Every bare LF and every bare CR becomes CRLF before anything else, so the output can never
+//! hold `<LF>.<LF>`, `<CR>.<CR>` or another lone-CR/LF end-of-data look-alike: no SMTP
+//! smuggling through a template or a CSV value. The body always ends with CRLF.
+
+/// Appends `body` with every line ending made CRLF and a final CRLF when missing.
+/// Returns the number of octets appended.
+pub fn normalize_into(body: &[u8], out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    walk(body, out, false);
+    out.len() - start
+}
+
+/// Octets [`normalize_into`] would append (the BDAT chunk size), without copying.
+pub fn normalized_len(body: &[u8]) -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    let mut last_was_eol = true;
+    while i < body.len() {
+        match body[i] {
+            b'\r' => {
+                n += 2;
+                if body.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                last_was_eol = true;
+            }
+            b'\n' => {
+                n += 2;
+                last_was_eol = true;
+            }
+            _ => {
+                n += 1;
+                last_was_eol = false;
+            }
+        }
+        i += 1;
+    }
+    if !body.is_empty() && !last_was_eol {
+        n += 2;
+    }
+    n
+}
+
+/// Appends the DATA form of `body`: CRLF line endings, a leading `.` doubled on every line,
+/// a final CRLF when missing, then the end-of-data line `.` CRLF.
+pub fn encode_data_into(body: &[u8], out: &mut Vec<u8>) {
+    walk(body, out, true);
+    out.extend_from_slice(b".\r\n");
+}
+
+/// Appends `BDAT <n> LAST` CRLF and the normalized body of exactly `n` octets.
+pub fn encode_bdat_into(body: &[u8], out: &mut Vec<u8>) -> usize {
+    let n = normalized_len(body);
+    out.extend_from_slice(b"BDAT ");
+    push_decimal(out, n as u64);
+    out.extend_from_slice(b" LAST\r\n");
+    let written = normalize_into(body, out);
+    debug_assert_eq!(written, n);
+    n
+}
+
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn walk(body: &[u8], out: &mut Vec<u8>, stuff: bool) {
+    out.reserve(body.len() + body.len() / 64 + 2);
+    let mut line_start = true;
+    let mut run = 0; // start of the pending run of ordinary bytes
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        match b {
+            b'\r' | b'\n' => {
+                out.extend_from_slice(&body[run..i]);
+                out.extend_from_slice(b"\r\n");
+                if b == b'\r' && body.get(i + 1) == Some(&b'\n') {
+                    i += 1;
+                }
+                i += 1;
+                run = i;
+                line_start = true;
+            }
+            b'.' if stuff && line_start => {
+                out.extend_from_slice(&body[run..i]);
+                out.push(b'.');
+                run = i; // the dot itself is copied with the run
+                i += 1;
+                line_start = false;
+            }
+            _ => {
+                i += 1;
+                line_start = false;
+            }
+        }
+    }
+    out.extend_from_slice(&body[run..]);
+    if !body.is_empty() && !line_start {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Reverses DATA encoding (for tests and the sink): strips the end-of-data line and one
+/// leading dot from each line. Returns `None` when the input does not end with CRLF.CRLF.
+pub fn decode_data(encoded: &[u8]) -> Option<Vec<u8>> {
+    let body = if encoded == b".\r\n" {
+        &[][..]
+    } else {
+        &encoded[..encoded
+            .len()
+            .checked_sub(3)
+            .filter(|_| encoded.ends_with(b"\r\n.\r\n"))?]
+    };
+    let mut out = Vec::with_capacity(body.len());
+    for (n, line) in body.split_inclusive(|&b| b == b'\n').enumerate() {
+        let _ = n;
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_data_into(b, &mut out);
+        out
+    }
+
+    #[test]
+    fn stuffing_and_line_endings() {
+        assert_eq!(data(b"a\nb"), b"a\r\nb\r\n.\r\n");
+        assert_eq!(data(b".x\r\n..y\n.\n"), b"..x\r\n...y\r\n..\r\n.\r\n");
+        assert_eq!(data(b""), b".\r\n");
+        assert_eq!(data(b"a\r\r\nb\rc"), b"a\r\n\r\nb\r\nc\r\n.\r\n");
+        assert_eq!(data(b"end\r\n"), b"end\r\n.\r\n");
+    }
+
+    #[test]
+    fn smuggling_sequences_are_neutralised() {
+        for evil in [
+            &b"x\n.\nMAIL FROM:<a@b>\n"[..],
+            b"x\r.\rRCPT",
+            b"x\r\n.\nDATA",
+            b"x\n.\r\nQUIT\r\n",
+            b"\n.\n",
+        ] {
+            let out = data(evil);
+            let body = &out[..out.len() - 3];
+            // the only end-of-data is the final one
+            assert!(
+                !body.windows(5).any(|w| w == b"\r\n.\r\n"),
+                "{:?}",
+                String::from_utf8_lossy(&out)
+            );
+            assert!(!out.windows(3).any(|w| w == b"\n.\n" || w == b"\r.\r"));
+            // every CR is followed by LF and every LF preceded by CR
+            for (i, &b) in out.iter().enumerate() {
+                if b == b'\r' {
+                    assert_eq!(out.get(i + 1), Some(&b'\n'));
+                }
+                if b == b'\n' {
+                    assert_eq!(out[i - 1], b'\r');
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bdat_exact_counts() {
+        for (body, n) in [
+            (&b"a\nb"[..], 6),
+            (b"\r\r\n", 4),
+            ("h\u{e9}llo\n.\n".as_bytes(), 11),
+            (b"", 0),
+            (b".", 3),
+        ] {
+            let mut out = Vec::new();
+            let got = encode_bdat_into(body, &mut out);
+            assert_eq!(got, n, "{body:?}");
+            let header = format!("BDAT {n} LAST\r\n");
+            assert!(out.starts_with(header.as_bytes()));
+            assert_eq!(out.len() - header.len(), n);
+            assert_eq!(normalized_len(body), n);
+        }
+    }
+
+    #[test]
+    fn decode_round_trip() {
+        let body = b"x\n.\n..y\r\nz";
+        let mut norm = Vec::new();
+        normalize_into(body, &mut norm);
+        assert_eq!(decode_data(&data(body)).unwrap(), norm);
+        assert_eq!(decode_data(b".\r\n").unwrap(), b"");
+    }
+}

@@ -1,0 +1,1030 @@
+//! Engine tests: scripted server transcripts, each re-run with the server's bytes split at
+//! every boundary and dribbled one byte at a time. Time is virtual.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// How the scripted server's bytes reach the session.
+#[derive(Clone, Copy, Debug)]
+enum Split {
+    Whole,
+    At(usize),
+    Bytewise,
+}
+
+fn feed(s: &mut Session, bytes: &[u8], split: Split, now: Instant) {
+    match split {
+        Split::Whole => s.handle_input(bytes, now),
+        Split::At(k) => {
+            let k = k.min(bytes.len());
+            s.handle_input(&bytes[..k], now);
+            s.handle_input(&bytes[k..], now);
+        }
+        Split::Bytewise => {
+            for b in bytes {
+                s.handle_input(std::slice::from_ref(b), now);
+            }
+        }
+    }
+}
+
+struct Run {
+    events: Vec<Event>,
+    session: Session,
+}
+
+impl Run {
+    fn outcomes(&self) -> Vec<(MessageId, String, Delivery, Stage, Option<u16>)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Recipient(o) => Some((
+                    o.message,
+                    o.address.clone(),
+                    o.delivery,
+                    o.stage,
+                    o.reply.as_ref().map(|r| r.code),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closed(&self) -> Option<&Option<SessionError>> {
+        self.events.iter().find_map(|e| match e {
+            Event::Closed(c) => Some(c),
+            _ => None,
+        })
+    }
+}
+
+/// Runs `script`: each step is (the exact bytes the client must write as one group, the
+/// server's answer). Messages are queued and QUIT requested up front.
+fn run_with(cfg: Config, msgs: &[Message], script: &[(&str, &str)], split: Split) -> Run {
+    let now = Instant::now();
+    let mut s = Session::new(cfg, now);
+    for m in msgs {
+        s.send(m.clone());
+    }
+    s.quit();
+    let mut events = Vec::new();
+    for (i, (client, server)) in script.iter().enumerate() {
+        let mut out = Vec::new();
+        s.poll_transmit(now, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            *client,
+            "client group {i} ({split:?})"
+        );
+        feed(&mut s, server.as_bytes(), split, now);
+        while let Some(e) = s.poll_event() {
+            events.push(e);
+        }
+    }
+    let mut out = Vec::new();
+    s.poll_transmit(now, &mut out);
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "",
+        "client wrote more than the script has"
+    );
+    while let Some(e) = s.poll_event() {
+        events.push(e);
+    }
+    Run { events, session: s }
+}
+
+/// Runs the script whole, split at every boundary, and bytewise; checks all agree.
+fn run(cfg: Config, msgs: &[Message], script: &[(&str, &str)]) -> Run {
+    let whole = run_with(cfg.clone(), msgs, script, Split::Whole);
+    let longest = script.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+    for k in 0..=longest {
+        let r = run_with(cfg.clone(), msgs, script, Split::At(k));
+        assert_eq!(r.events, whole.events, "split at {k}");
+    }
+    let r = run_with(cfg, msgs, script, Split::Bytewise);
+    assert_eq!(r.events, whole.events, "bytewise");
+    whole
+}
+
+fn msg(id: u64, to: &[&str]) -> Message {
+    Message {
+        id,
+        from: "sender@example.com".into(),
+        to: to.iter().map(|s| s.to_string()).collect(),
+        data: format!(
+            "From: sender@example.com\n\nThis is a mail to {}",
+            to.join(" ")
+        )
+        .into_bytes(),
+    }
+}
+
+const GREET: (&str, &str) = ("", "220 mx.example ESMTP\r\n");
+const EHLO_PIPE: (&str, &str) = (
+    "EHLO localhost\r\n",
+    "250-mx.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n",
+);
+const EHLO_CHUNK: (&str, &str) = (
+    "EHLO localhost\r\n",
+    "250-mx.example\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SIZE 1000\r\n",
+);
+const EHLO_PLAIN: (&str, &str) = ("EHLO localhost\r\n", "250-mx.example\r\n250 8BITMIME\r\n");
+
+fn cfg() -> Config {
+    Config {
+        tls: TlsPolicy::None,
+        ..Config::default()
+    }
+}
+
+#[test]
+fn seed_synopsis_three_messages_one_round_trip_each() {
+    let msgs = [
+        msg(1, &["s1@example.com"]),
+        msg(2, &["s2@example.com"]),
+        msg(3, &["s3@example.com"]),
+    ];
+    let body =
+        |to: &str| format!("From: sender@example.com\r\n\r\nThis is a mail to {to}\r\n.\r\n");
+    let env = |to: &str| format!("MAIL FROM:<sender@example.com>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
+    let g2 = env("s1@example.com");
+    let g3 = body("s1@example.com") + &env("s2@example.com");
+    let g4 = body("s2@example.com") + &env("s3@example.com");
+    let g5 = body("s3@example.com") + "QUIT\r\n";
+    let ok = "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n";
+    let queued = format!("250 2.0.0 Ok: queued as A\r\n{ok}");
+    let r = run(
+        cfg(),
+        &msgs,
+        &[
+            GREET,
+            EHLO_PIPE,
+            (&g2, ok),
+            (&g3, &queued),
+            (&g4, &queued),
+            (&g5, "250 2.0.0 Ok: queued as C\r\n221 2.0.0 Bye\r\n"),
+        ],
+    );
+    let sent: Vec<_> = r
+        .outcomes()
+        .into_iter()
+        .filter(|o| o.2 == Delivery::Sent)
+        .map(|o| o.1)
+        .collect();
+    assert_eq!(sent, ["s1@example.com", "s2@example.com", "s3@example.com"]);
+    assert_eq!(r.closed(), Some(&None));
+    // greeting, EHLO, one per message, the last dot with QUIT
+    assert_eq!(
+        r.session.round_trips(),
+        RoundTrips {
+            used: 6,
+            lockstep: 15
+        }
+    );
+}
+
+#[test]
+fn one_of_two_recipients_rejected_message_still_sent() {
+    let r = run(
+        cfg(),
+        &[msg(1, &["a@example.com", "bad@example.com"])],
+        &[
+            GREET,
+            EHLO_PIPE,
+            (
+                "MAIL FROM:<sender@example.com>\r\nRCPT TO:<a@example.com>\r\nRCPT TO:<bad@example.com>\r\nDATA\r\n",
+                "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n550 5.1.1 <bad@example.com>: Recipient address rejected\r\n354 go\r\n",
+            ),
+            (
+                "From: sender@example.com\r\n\r\nThis is a mail to a@example.com bad@example.com\r\n.\r\nQUIT\r\n",
+                "250 2.0.0 queued\r\n221 bye\r\n",
+            ),
+        ],
+    );
+    assert_eq!(
+        r.outcomes(),
+        vec![
+            (
+                1,
+                "bad@example.com".into(),
+                Delivery::Rejected,
+                Stage::Rcpt,
+                Some(550)
+            ),
+            (
+                1,
+                "a@example.com".into(),
+                Delivery::Sent,
+                Stage::Body,
+                Some(250)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn all_recipients_rejected_data_refused_then_rset() {
+    let r = run(
+        cfg(),
+        &[msg(1, &["x@example.com"]), msg(2, &["y@example.com"])],
+        &[
+            GREET,
+            EHLO_PIPE,
+            (
+                "MAIL FROM:<sender@example.com>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n",
+                "250 Ok\r\n550 5.1.1 no\r\n503 5.5.1 Error: no valid recipients\r\n",
+            ),
+            (
+                "RSET\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<y@example.com>\r\nDATA\r\n",
+                "250 Ok\r\n250 Ok\r\n250 Ok\r\n354 go\r\n",
+            ),
+            (
+                "From: sender@example.com\r\n\r\nThis is a mail to y@example.com\r\n.\r\nQUIT\r\n",
+                "250 queued\r\n221 bye\r\n",
+            ),
+        ],
+    );
+    assert_eq!(
+        r.outcomes(),
+        vec![
+            (
+                1,
+                "x@example.com".into(),
+                Delivery::Rejected,
+                Stage::Rcpt,
+                Some(550)
+            ),
+            (
+                2,
+                "y@example.com".into(),
+                Delivery::Sent,
+                Stage::Body,
+                Some(250)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn all_recipients_rejected_data_354_gets_lone_dot() {
+    let r = run(
+        cfg(),
+        &[msg(1, &["x@example.com"]), msg(2, &["y@example.com"])],
+        &[
+            GREET,
+            EHLO_PIPE,
+            (
+                "MAIL FROM:<sender@example.com>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n",
+                "250 Ok\r\n450 4.2.0 try later\r\n354 go\r\n",
+            ),
+            (
+                ".\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<y@example.com>\r\nDATA\r\n",
+                "554 5.5.1 no valid recipients\r\n250 Ok\r\n250 Ok\r\n354 go\r\n",
+            ),
+            (
+                "From: sender@example.com\r\n\r\nThis is a mail to y@example.com\r\n.\r\nQUIT\r\n",
+                "250 queued\r\n221 bye\r\n",
+            ),
+        ],
+    );
+    assert_eq!(
+        r.outcomes(),
+        vec![
+            (
+                1,
+                "x@example.com".into(),
+                Delivery::Deferred,
+                Stage::Rcpt,
+                Some(450)
+            ),
+            (
+                2,
+                "y@example.com".into(),
+                Delivery::Sent,
+                Stage::Body,
+                Some(250)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn rejected_mail_fails_its_own_recipients_not_the_next() {
+    let r = run(
+        cfg(),
+        &[msg(1, &["a@example.com"]), msg(2, &["b@example.com"])],
+        &[
+            GREET,
+            EHLO_PIPE,
+            (
+                "MAIL FROM:<sender@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n",
+                "553 5.1.8 sender rejected\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n",
+            ),
+            (
+                "RSET\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n",
+                "250 Ok\r\n250 Ok\r\n250 Ok\r\n354 go\r\n",
+            ),
+            (
+                "From: sender@example.com\r\n\r\nThis is a mail to b@example.com\r\n.\r\nQUIT\r\n",
+                "250 queued\r\n221 bye\r\n",
+            ),
+        ],
+    );
+    assert_eq!(
+        r.outcomes(),
+        vec![
+            (
+                1,
+                "a@example.com".into(),
+                Delivery::Rejected,
+                Stage::Mail,
+                Some(553)
+            ),
+            (
+                2,
+                "b@example.com".into(),
+                Delivery::Sent,
+                Stage::Body,
+                Some(250)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn service_closing_421_mid_group() {
+    let r = run(
+        cfg(),
+        &[
+            msg(1, &["a@example.com"]),
+            msg(2, &["b@example.com", "c@example.com"]),
+            msg(3, &["d@example.com"]),
+        ],
+        &[
+            GREET,
+            EHLO_PIPE,
+            (
+                "MAIL FROM:<sender@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n",
+                "250 Ok\r\n250 Ok\r\n354 go\r\n",
+            ),
+            (
+                "From: sender@example.com\r\n\r\nThis is a mail to a@example.com\r\n.\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n",
+                "250 queued\r\n250 Ok\r\n421 4.3.0 shutting down\r\n",
+            ),
+        ],
+    );
+    assert_eq!(
+        r.outcomes(),
+        vec![
+            (
+                1,
+                "a@example.com".into(),
+                Delivery::Sent,
+                Stage::Body,
+                Some(250)
+            ),
+            (
+                2,
+                "b@example.com".into(),
+                Delivery::Deferred,
+                Stage::Rcpt,
+                Some(421)
+            ),
+            (
+                2,
+                "c@example.com".into(),
+                Delivery::Deferred,
+                Stage::Rcpt,
+                None
+            ),
+            (
+                3,
+                "d@example.com".into(),
+                Delivery::Deferred,
+                Stage::Connect,
+                None
+            ),
+        ]
+    );
+    assert!(matches!(
+        r.closed(),
+        Some(Some(SessionError::ServiceClosing(_)))
+    ));
+}
+
+#[test]
+fn reply_to_a_command_never_sent_is_a_protocol_error() {
+    let r = run(
+        cfg(),
+        &[],
+        &[GREET, EHLO_PIPE, ("QUIT\r\n", "221 bye\r\n250 extra\r\n")],
+    );
+    // QUIT's reply closes the session first; extra bytes after close are ignored.
+    assert_eq!(r.closed(), Some(&None));
+    let now = Instant::now();
+    let mut s = Session::new(cfg(), now);
+    s.handle_input(b"220 hi\r\n", now);
+    let mut out = Vec::new();
+    s.poll_transmit(now, &mut out);
+    s.handle_input(b"250 ok\r\n250 surprise\r\n", now);
+    let mut closed = None;
+    while let Some(e) = s.poll_event() {
+        if let Event::Closed(c) = e {
+            closed = Some(c);
+        }
+    }
+    assert!(matches!(
+        closed,
+        Some(Some(SessionError::Protocol(
+            ProtocolError::UnexpectedReply(_)
+        )))
+    ));
+}
+
+#[test]
+fn no_pipelining_means_lock_step() {
+    let r = run(
+        cfg(),
+        &[msg(1, &["a@example.com", "b@example.com"])],
+        &[
+            GREET,
+            EHLO_PLAIN,
+            (
+                "MAIL FROM:<sender@example.com> BODY=8BITMIME\r\n"
+                    .replace(" BODY=8BITMIME", "")
+                    .as_str(),
+                "250 Ok\r\n",
+            ),
+            ("RCPT TO:<a@example.com>\r\n", "250 Ok\r\n"),
+            ("RCPT TO:<b@example.com>\r\n", "550 no\r\n"),
+            ("DATA\r\n", "354 go\r\n"),
+            (
+                "From: sender@example.com\r\n\r\nThis is a mail to a@example.com b@example.com\r\n.\r\n",
+                "250 queued\r\n",
+            ),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ],
+    );
+    assert_eq!(r.outcomes().len(), 2);
+    assert_eq!(
+        r.session.round_trips(),
+        RoundTrips {
+            used: 8,
+            lockstep: 8
+        }
+    );
+}
+
+#[test]
+fn lock_step_skips_data_when_every_recipient_fails() {
+    let r = run(
+        cfg(),
+        &[msg(1, &["a@example.com"]), msg(2, &["b@example.com"])],
+        &[
+            GREET,
+            EHLO_PLAIN,
+            ("MAIL FROM:<sender@example.com>\r\n", "250 Ok\r\n"),
+            ("RCPT TO:<a@example.com>\r\n", "550 no\r\n"),
+            ("MAIL FROM:<sender@example.com>\r\n", "451 later\r\n"),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ],
+    );
+    assert_eq!(
+        r.outcomes(),
+        vec![
+            (
+                1,
+                "a@example.com".into(),
+                Delivery::Rejected,
+                Stage::Rcpt,
+                Some(550)
+            ),
+            (
+                2,
+                "b@example.com".into(),
+                Delivery::Deferred,
+                Stage::Mail,
+                Some(451)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn helo_fallback_when_ehlo_refused() {
+    let r = run(
+        cfg(),
+        &[],
+        &[
+            GREET,
+            ("EHLO localhost\r\n", "502 5.5.2 command not recognized\r\n"),
+            ("HELO localhost\r\n", "250 mx\r\n"),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ],
+    );
+    assert!(r.session.capabilities().helo_only);
+    assert_eq!(r.closed(), Some(&None));
+}
+
+#[test]
+fn require_pipelining_refuses_without_it() {
+    let c = Config {
+        pipelining: PipeliningPolicy::Require,
+        ..cfg()
+    };
+    let r = run(
+        c,
+        &[msg(1, &["a@example.com"])],
+        &[GREET, EHLO_PLAIN, ("QUIT\r\n", "221 bye\r\n")],
+    );
+    assert_eq!(
+        r.outcomes(),
+        vec![(
+            1,
+            "a@example.com".into(),
+            Delivery::Deferred,
+            Stage::Connect,
+            None
+        )]
+    );
+    assert_eq!(r.closed(), Some(&Some(SessionError::PipeliningRequired)));
+}
+
+#[test]
+fn bdat_deep_pipeline_with_failures_in_the_middle() {
+    let m = |id, to: &str| Message {
+        id,
+        from: "s@example.com".into(),
+        to: vec![to.into()],
+        data: b"Subject: x\n\n.hi\n".to_vec(),
+    };
+    let msgs = [
+        m(1, "a@example.net"),
+        m(2, "bad@example.net"),
+        m(3, "c@example.net"),
+        m(4, "d@example.net"),
+    ];
+    let one = |to: &str| {
+        format!(
+            "MAIL FROM:<s@example.com> SIZE=19\r\nRCPT TO:<{to}>\r\nBDAT 19 LAST\r\nSubject: x\r\n\r\n.hi\r\n"
+        )
+    };
+    let group = one("a@example.net")
+        + &one("bad@example.net")
+        + &one("c@example.net")
+        + &one("d@example.net")
+        + "QUIT\r\n";
+    let replies = "250 Ok\r\n250 Ok\r\n250 2.0.0 Ok: 19 bytes queued as A\r\n\
+                   250 Ok\r\n550 5.1.1 rejected\r\n554 5.5.1 Error: no valid recipients\r\n\
+                   250 Ok\r\n250 Ok\r\n451 4.3.0 try again\r\n\
+                   250 Ok\r\n250 Ok\r\n250 2.0.0 Ok: queued as D\r\n221 bye\r\n";
+    let r = run(cfg(), &msgs, &[GREET, EHLO_CHUNK, (&group, replies)]);
+    assert_eq!(
+        r.outcomes(),
+        vec![
+            (
+                1,
+                "a@example.net".into(),
+                Delivery::Sent,
+                Stage::Body,
+                Some(250)
+            ),
+            (
+                2,
+                "bad@example.net".into(),
+                Delivery::Rejected,
+                Stage::Rcpt,
+                Some(550)
+            ),
+            (
+                3,
+                "c@example.net".into(),
+                Delivery::Deferred,
+                Stage::Body,
+                Some(451)
+            ),
+            (
+                4,
+                "d@example.net".into(),
+                Delivery::Sent,
+                Stage::Body,
+                Some(250)
+            ),
+        ]
+    );
+    assert_eq!(r.session.round_trips().used, 3);
+}
+
+#[test]
+fn bdat_window_bounds_messages_in_flight() {
+    let c = Config { window: 2, ..cfg() };
+    let m = |id, to: &str| Message {
+        id,
+        from: "s@example.com".into(),
+        to: vec![to.into()],
+        data: b"x".to_vec(),
+    };
+    let one = |to: &str| {
+        format!("MAIL FROM:<s@example.com> SIZE=3\r\nRCPT TO:<{to}>\r\nBDAT 3 LAST\r\nx\r\n")
+    };
+    let ok3 = "250 Ok\r\n250 Ok\r\n250 Ok\r\n";
+    let g1 = one("a@x.net") + &one("b@x.net");
+    let g2 = one("c@x.net") + "QUIT\r\n";
+    let r = run(
+        c,
+        &[m(1, "a@x.net"), m(2, "b@x.net"), m(3, "c@x.net")],
+        &[
+            GREET,
+            EHLO_CHUNK,
+            (&g1, ok3),
+            (&g2, &format!("{ok3}{ok3}221 bye\r\n")),
+        ],
+    );
+    assert_eq!(
+        r.outcomes()
+            .iter()
+            .filter(|o| o.2 == Delivery::Sent)
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn size_limit_fails_before_sending() {
+    let big = Message {
+        id: 7,
+        from: "s@example.com".into(),
+        to: vec!["a@x.net".into()],
+        data: vec![b'a'; 2000],
+    };
+    let r = run(
+        cfg(),
+        &[big],
+        &[GREET, EHLO_CHUNK, ("QUIT\r\n", "221 bye\r\n")],
+    );
+    let o = r.outcomes();
+    assert_eq!(
+        o,
+        vec![(7, "a@x.net".into(), Delivery::Rejected, Stage::Mail, None)]
+    );
+    let note = r
+        .events
+        .iter()
+        .find_map(|e| {
+            if let Event::Recipient(o) = e {
+                o.note.clone()
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    assert!(note.contains("SIZE limit of 1000"), "{note}");
+}
+
+#[test]
+fn connection_lost_after_final_dot_is_unknown_not_sent() {
+    let now = Instant::now();
+    let mut s = Session::new(cfg(), now);
+    s.send(msg(1, &["a@example.com"]));
+    s.send(msg(2, &["b@example.com"]));
+    s.handle_input(b"220 hi\r\n", now);
+    let mut out = Vec::new();
+    s.poll_transmit(now, &mut out);
+    s.handle_input(EHLO_PIPE.1.as_bytes(), now);
+    s.poll_transmit(now, &mut out);
+    s.handle_input(b"250 ok\r\n250 ok\r\n354 go\r\n", now);
+    s.poll_transmit(now, &mut out); // body 1 + envelope 2
+    s.handle_eof();
+    let mut outcomes = Vec::new();
+    while let Some(e) = s.poll_event() {
+        if let Event::Recipient(o) = e {
+            outcomes.push((o.message, o.delivery, o.stage));
+        }
+    }
+    assert_eq!(
+        outcomes,
+        vec![
+            (1, Delivery::Unknown, Stage::Body),
+            (2, Delivery::Deferred, Stage::Mail)
+        ]
+    );
+}
+
+#[test]
+fn timeouts_per_state() {
+    let t = Timeouts {
+        greeting: Duration::from_secs(5),
+        command: Duration::from_secs(7),
+        data: Duration::from_secs(9),
+        data_end: Duration::from_secs(11),
+    };
+    let c = Config {
+        timeouts: t,
+        ..cfg()
+    };
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    let closed = |s: &mut Session| {
+        let mut r = None;
+        while let Some(e) = s.poll_event() {
+            if let Event::Closed(c) = e {
+                r = Some(c);
+            }
+        }
+        r
+    };
+    // greeting
+    let mut s = Session::new(c.clone(), t0);
+    assert_eq!(s.poll_timeout(), Some(at(5)));
+    s.handle_timeout(at(4));
+    assert!(!s.is_closed());
+    s.handle_timeout(at(5));
+    assert_eq!(
+        closed(&mut s),
+        Some(Some(SessionError::Timeout(Verb::Noop)))
+    );
+    // EHLO (command), DATA (data), final dot (data_end)
+    let mut s = Session::new(c.clone(), t0);
+    s.send(msg(1, &["a@example.com"]));
+    s.handle_input(b"220 hi\r\n", at(1));
+    let mut out = Vec::new();
+    s.poll_transmit(at(1), &mut out);
+    assert_eq!(s.poll_timeout(), Some(at(8)));
+    s.handle_input(EHLO_PIPE.1.as_bytes(), at(2));
+    s.poll_transmit(at(2), &mut out);
+    assert_eq!(s.poll_timeout(), Some(at(9)), "MAIL is first in flight");
+    s.handle_input(b"250 ok\r\n250 ok\r\n", at(3));
+    assert_eq!(s.poll_timeout(), Some(at(12)), "DATA waits for 354");
+    s.handle_input(b"354 go\r\n", at(3));
+    s.flush();
+    s.poll_transmit(at(4), &mut out);
+    assert_eq!(s.poll_timeout(), Some(at(15)), "final dot");
+    s.handle_timeout(at(15));
+    assert_eq!(
+        closed(&mut s),
+        Some(Some(SessionError::Timeout(Verb::Body)))
+    );
+}
+
+#[test]
+fn starttls_injection_is_refused() {
+    let c = Config {
+        tls: TlsPolicy::Required,
+        ..Config::default()
+    };
+    let now = Instant::now();
+    let mut s = Session::new(c, now);
+    s.handle_input(b"220 hi\r\n", now);
+    let mut out = Vec::new();
+    s.poll_transmit(now, &mut out);
+    s.handle_input(b"250-mx\r\n250 STARTTLS\r\n", now);
+    out.clear();
+    s.poll_transmit(now, &mut out);
+    assert_eq!(out, b"STARTTLS\r\n");
+    s.handle_input(b"220 go ahead\r\n250-evil\r\n", now);
+    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert!(
+        events.contains(&Event::Closed(Some(SessionError::Protocol(
+            ProtocolError::StartTlsInjection
+        )))),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn starttls_then_ehlo_again_with_fresh_capabilities() {
+    let c = Config {
+        tls: TlsPolicy::Required,
+        ..Config::default()
+    };
+    let now = Instant::now();
+    let mut s = Session::new(c, now);
+    let mut out = Vec::new();
+    s.handle_input(b"220 hi\r\n", now);
+    s.poll_transmit(now, &mut out);
+    s.handle_input(b"250-mx\r\n250-STARTTLS\r\n250 AUTH PLAIN\r\n", now);
+    s.poll_transmit(now, &mut out);
+    s.handle_input(b"220 go ahead\r\n", now);
+    assert!(s.wants_tls());
+    let mut nothing = Vec::new();
+    assert_eq!(
+        s.poll_transmit(now, &mut nothing),
+        0,
+        "nothing goes out before the handshake"
+    );
+    s.handle_tls_established(now);
+    assert_eq!(s.capabilities(), &Capabilities::default());
+    s.poll_transmit(now, &mut out);
+    s.handle_input(b"250-mx\r\n250 PIPELINING\r\n", now);
+    assert!(s.is_ready() && s.tls_active() && s.pipelining());
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "EHLO localhost\r\nSTARTTLS\r\nEHLO localhost\r\n"
+    );
+}
+
+#[test]
+fn starttls_required_but_not_offered_sends_no_mail() {
+    let c = Config {
+        tls: TlsPolicy::Required,
+        ..Config::default()
+    };
+    let r = run(
+        c,
+        &[msg(1, &["a@example.com"])],
+        &[GREET, EHLO_PIPE, ("QUIT\r\n", "221 bye\r\n")],
+    );
+    assert!(matches!(
+        r.closed(),
+        Some(Some(SessionError::TlsRequired(_)))
+    ));
+    assert_eq!(r.outcomes()[0].2, Delivery::Deferred);
+}
+
+fn creds() -> Credentials {
+    Credentials {
+        username: "user".into(),
+        password: Secret::new("s3cret pass"),
+    }
+}
+
+#[test]
+fn auth_plain_exact_and_redacted() {
+    let c = Config {
+        auth: Some(creds()),
+        allow_plaintext_auth: true,
+        transcript: true,
+        ..cfg()
+    };
+    let token = "AHVzZXIAczNjcmV0IHBhc3M="; // \0user\0s3cret pass
+    let r = run(
+        c,
+        &[],
+        &[
+            GREET,
+            ("EHLO localhost\r\n", "250-mx\r\n250 AUTH PLAIN LOGIN\r\n"),
+            (
+                &format!("AUTH PLAIN {token}\r\n"),
+                "235 2.7.0 Authentication successful\r\n",
+            ),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ],
+    );
+    let shown: Vec<_> = r
+        .events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Exchange(x) = e {
+                Some(x.command.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(shown, ["", "EHLO localhost", "AUTH PLAIN ****", "QUIT"]);
+    assert!(!format!("{:?}", r.events).contains("s3cret"));
+    assert!(!format!("{:?}", creds()).contains("s3cret"));
+}
+
+#[test]
+fn auth_login_exact_and_redacted() {
+    let c = Config {
+        auth: Some(creds()),
+        allow_plaintext_auth: true,
+        transcript: true,
+        ..cfg()
+    };
+    let r = run(
+        c,
+        &[],
+        &[
+            GREET,
+            ("EHLO localhost\r\n", "250-mx\r\n250 AUTH LOGIN\r\n"),
+            ("AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n"),
+            ("dXNlcg==\r\n", "334 UGFzc3dvcmQ6\r\n"),
+            ("czNjcmV0IHBhc3M=\r\n", "235 ok\r\n"),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ],
+    );
+    assert!(!format!("{:?}", r.events).contains("czNjcmV0"));
+    assert_eq!(r.closed(), Some(&None));
+}
+
+#[test]
+fn auth_refused_over_plaintext_and_failure_reported() {
+    let c = Config {
+        auth: Some(creds()),
+        ..cfg()
+    };
+    let r = run(
+        c,
+        &[],
+        &[
+            GREET,
+            ("EHLO localhost\r\n", "250-mx\r\n250 AUTH PLAIN\r\n"),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ],
+    );
+    assert_eq!(r.closed(), Some(&Some(SessionError::AuthOverPlaintext)));
+    let c = Config {
+        auth: Some(creds()),
+        allow_plaintext_auth: true,
+        ..cfg()
+    };
+    let r = run(
+        c,
+        &[],
+        &[
+            GREET,
+            ("EHLO localhost\r\n", "250-mx\r\n250 AUTH PLAIN\r\n"),
+            (
+                "AUTH PLAIN AHVzZXIAczNjcmV0IHBhc3M=\r\n",
+                "535 5.7.8 bad\r\n",
+            ),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ],
+    );
+    assert!(matches!(
+        r.closed(),
+        Some(Some(SessionError::AuthFailed(_)))
+    ));
+    assert!(!format!("{:?}", r.closed()).contains("s3cret"));
+}
+
+#[test]
+fn out_of_order_354_is_a_protocol_error_and_nothing_reported_sent() {
+    // A server answering DATA before RCPT (smtp-sink -W style): replies out of step.
+    let now = Instant::now();
+    let mut s = Session::new(cfg(), now);
+    s.send(msg(1, &["a@example.com"]));
+    s.quit();
+    let mut out = Vec::new();
+    s.handle_input(b"220 hi\r\n", now);
+    s.poll_transmit(now, &mut out);
+    s.handle_input(EHLO_PIPE.1.as_bytes(), now);
+    s.poll_transmit(now, &mut out);
+    s.handle_input(b"250 ok\r\n354 go\r\n250 ok\r\n", now);
+    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::Recipient(o) if o.delivery == Delivery::Sent))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Closed(Some(SessionError::Protocol(_)))))
+    );
+}
+
+#[test]
+fn non_ascii_address_needs_smtputf8() {
+    let m = Message {
+        id: 1,
+        from: "s@example.com".into(),
+        to: vec!["jos\u{e9}@example.com".into()],
+        data: b"x".to_vec(),
+    };
+    let r = run(
+        cfg(),
+        std::slice::from_ref(&m),
+        &[GREET, EHLO_PIPE, ("QUIT\r\n", "221 bye\r\n")],
+    );
+    assert_eq!(r.outcomes()[0].2, Delivery::Rejected);
+    let r = run(
+        cfg(),
+        &[m],
+        &[
+            GREET,
+            (
+                "EHLO localhost\r\n",
+                "250-mx\r\n250-PIPELINING\r\n250 SMTPUTF8\r\n",
+            ),
+            (
+                "MAIL FROM:<s@example.com> SMTPUTF8\r\nRCPT TO:<jos\u{e9}@example.com>\r\nDATA\r\n",
+                "250 ok\r\n250 ok\r\n354 go\r\n",
+            ),
+            ("x\r\n.\r\nQUIT\r\n", "250 ok\r\n221 bye\r\n"),
+        ],
+    );
+    assert_eq!(r.outcomes()[0].2, Delivery::Sent);
+}
+
+#[test]
+fn invalid_address_never_reaches_the_wire() {
+    let m = Message {
+        id: 1,
+        from: "s@example.com".into(),
+        to: vec!["a@example.com>\r\nRCPT TO:<evil@x".into()],
+        data: b"x".to_vec(),
+    };
+    let r = run(
+        cfg(),
+        &[m],
+        &[GREET, EHLO_PIPE, ("QUIT\r\n", "221 bye\r\n")],
+    );
+    assert_eq!(r.outcomes()[0].2, Delivery::Rejected);
+    assert_eq!(r.outcomes()[0].3, Stage::Mail);
+}
