@@ -2,9 +2,11 @@
 //! client engine.
 #![forbid(unsafe_code)]
 
+pub mod driver;
 pub mod engine;
 pub mod input;
 pub mod latency;
+pub mod pipeliner;
 pub mod report;
 pub mod sink;
 pub mod template;

@@ -69,13 +69,19 @@ pub enum SessionError {
     /// The server refused the credentials.
     #[error("authentication failed: {0}")]
     AuthFailed(Reply),
+    /// The driver could not read from or write to the socket.
+    #[error("connection error: {0}")]
+    Io(String),
+    /// The TLS handshake failed (certificate not trusted, name mismatch, protocol error).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
 }
 
 impl SessionError {
     /// True when trying again later may work (timeouts, drops, 4xx, busy server).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Timeout(_) | Self::Closed | Self::ServiceClosing(_) => true,
+            Self::Timeout(_) | Self::Closed | Self::ServiceClosing(_) | Self::Io(_) => true,
             Self::Greeting(r) | Self::Helo(r) | Self::AuthFailed(r) => r.is_transient(),
             _ => false,
         }

@@ -479,6 +479,11 @@ impl Session {
         self.rt
     }
 
+    /// Commands sent (or about to be) whose replies have not arrived.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Messages queued or in flight.
     pub fn messages_pending(&self) -> usize {
         self.queue.len() + self.active.len()
