@@ -283,11 +283,7 @@ impl Connection {
         if self.session.wants_tls() {
             return self.upgrade().await;
         }
-        if self.wpos == self.wbuf.len() {
-            self.wbuf.clear();
-            self.wpos = 0;
-            self.session.poll_transmit(Instant::now(), &mut self.wbuf);
-        }
+        self.prepare();
         let deadline = self.session.poll_timeout();
         let has_write = self.wpos < self.wbuf.len();
         if !has_write && deadline.is_none() && self.session.in_flight() == 0 {
@@ -320,6 +316,17 @@ impl Connection {
             Err(e) => self
                 .session
                 .handle_io_error(SessionError::Io(e.to_string())),
+        }
+    }
+
+    /// Asks the engine for the next group when the previous one is fully written. Callers
+    /// that journal commits call this, then [`Session::take_committed`], then
+    /// [`Connection::step`] (which calls it too; a second call is a no-op).
+    pub fn prepare(&mut self) {
+        if self.wpos == self.wbuf.len() && !self.session.is_closed() && !self.session.wants_tls() {
+            self.wbuf.clear();
+            self.wpos = 0;
+            self.session.poll_transmit(Instant::now(), &mut self.wbuf);
         }
     }
 

@@ -347,6 +347,8 @@ pub struct Session {
     closing_reply: bool,
     /// Handshake commands decided while handling replies, sent by the next `poll_transmit`.
     hs_out: Vec<u8>,
+    /// Messages whose final dot / `BDAT LAST` the last `poll_transmit` appended.
+    committed: Vec<MessageId>,
 }
 
 impl Session {
@@ -376,6 +378,7 @@ impl Session {
             committed_octets: 0,
             closing_reply: false,
             hs_out: Vec::new(),
+            committed: Vec::new(),
         };
         s.in_flight.push_back(Pending {
             what: Awaiting::Greeting,
@@ -482,6 +485,13 @@ impl Session {
     /// Commands sent (or about to be) whose replies have not arrived.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Moves the ids of messages whose end (final dot or `BDAT LAST`) went into the output
+    /// since the last call into `out`. A driver that keeps a crash journal records them
+    /// before writing the bytes: from then on the server may take the message.
+    pub fn take_committed(&mut self, out: &mut Vec<MessageId>) {
+        out.append(&mut self.committed);
     }
 
     /// Messages queued or in flight.
@@ -804,6 +814,7 @@ impl Session {
                 );
                 let _ = start;
                 m.octets = octets;
+                self.committed.push(m.id);
                 self.committed_octets += octets;
                 m.state = MsgState::Committed;
                 m.data = Vec::new();
@@ -828,6 +839,7 @@ impl Session {
             out.extend_from_slice(b".\r\n");
         } else {
             body::encode_data_into(&m.data, out);
+            self.committed.push(m.id);
         }
         m.data = Vec::new();
         m.state = MsgState::Committed;
