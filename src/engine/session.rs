@@ -632,9 +632,7 @@ impl Session {
                 .iter()
                 .position(|m| m.state == MsgState::BodyHeld)
             {
-                let hollow = self.active[i].hollow;
                 if !pipelining
-                    || hollow
                     || self.flush_requested
                     || !self.queue.is_empty()
                     || self.quit_requested
