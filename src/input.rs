@@ -1,1 +1,979 @@
-//! (in progress)
+//! Streaming reader for the recipient list (a CSV file with a header row).
+//!
+//! The list is read one record at a time into a single reused [`csv::ByteRecord`], so memory does
+//! not grow with the number of rows. Two limits protect memory against hostile or broken input:
+//!
+//! * a single CSV record (the header row included) may be at most [`DEFAULT_MAX_RECORD`] bytes
+//!   (configurable with [`ListReader::with_max_record`]); the underlying reader is wrapped in a
+//!   byte-counting adapter that refuses to hand the CSV parser more than that limit (plus the
+//!   parser's own buffer) for one record, so a 100 MB line is rejected after reading about
+//!   1 MiB, never buffered whole;
+//! * the header row may have at most [`MAX_COLUMNS`] columns.
+//!
+//! Problems that concern a single row (an invalid address, a row that is not UTF-8, a row with
+//! more fields than the header) are *not* fatal: the row is returned with
+//! [`Row::problem`] set, and the caller reports it as failed at stage `input`. Fatal problems
+//! (I/O errors, an unreadable header, an oversized record) are [`InputError`]s that name the file
+//! and, where it makes sense, the line.
+//!
+//! [`DuplicateFilter`] remembers the addresses seen so far in a compact form so that the caller
+//! can skip repeated recipients.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::{DefaultHasher, Hasher};
+use std::io::{self, Read};
+use std::path::Path;
+
+use crate::engine::check_address;
+
+/// Default limit for the size of one CSV record, in bytes (1 MiB).
+pub const DEFAULT_MAX_RECORD: u64 = 1024 * 1024;
+
+/// Maximum number of columns in the header row.
+pub const MAX_COLUMNS: usize = 1000;
+
+/// Buffer size of the CSV parser; also the slack the byte-counting adapter allows beyond
+/// the record limit (the parser reads ahead by at most this much).
+const CSV_BUFFER: usize = 64 * 1024;
+
+/// Text of [`Row::problem`] for a row whose bytes are not valid UTF-8.
+pub const PROBLEM_NOT_UTF8: &str = "row is not valid UTF-8";
+
+/// A fatal error while reading the recipient list. Every variant names the file (`file`).
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The file could not be opened or read.
+    #[error("{file}: {error}")]
+    Io {
+        /// The list's name as given by the caller (usually its path).
+        file: String,
+        /// The line being read when the error happened, if known.
+        line: Option<u64>,
+        /// The underlying error.
+        #[source]
+        error: io::Error,
+    },
+    /// The file has no header row at all.
+    #[error(
+        "{file}: the file is empty; expected a header row naming the columns, with an \"email\" column"
+    )]
+    Empty {
+        /// The list's name.
+        file: String,
+    },
+    /// The header row is not valid UTF-8.
+    #[error("{file}:{line}: the header row is not valid UTF-8 (save the list as UTF-8)")]
+    HeaderNotUtf8 {
+        /// The list's name.
+        file: String,
+        /// The line of the header row.
+        line: u64,
+    },
+    /// No column is named `email` (or `to`).
+    #[error(
+        "{file}:{line}: no address column: the header row needs a column named \"email\" (or \"to\"); columns found: {}",
+        join_names(.headers)
+    )]
+    NoEmailColumn {
+        /// The list's name.
+        file: String,
+        /// The line of the header row.
+        line: u64,
+        /// The header names that were found.
+        headers: Vec<String>,
+    },
+    /// Two columns have the same name (after trimming), or more than one column is an address
+    /// column (`email` in any letter case).
+    #[error(
+        "{file}:{line}: columns {first} and {second} are both named \"{name}\"; column names must be unique"
+    )]
+    DuplicateColumn {
+        /// The list's name.
+        file: String,
+        /// The line of the header row.
+        line: u64,
+        /// The repeated name.
+        name: String,
+        /// 1-based index of the first column with that name.
+        first: usize,
+        /// 1-based index of the second column with that name.
+        second: usize,
+    },
+    /// The header row has more than [`MAX_COLUMNS`] columns.
+    #[error(
+        "{file}:{line}: the header row has {count} columns; at most {max} are supported (is this the right file, with the right delimiter?)"
+    )]
+    TooManyColumns {
+        /// The list's name.
+        file: String,
+        /// The line of the header row.
+        line: u64,
+        /// Number of columns found.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// One CSV record is larger than the configured limit.
+    #[error(
+        "{file}:{line}: a CSV record starting on this line is larger than {max} bytes (an unterminated quote, or not a CSV file?)"
+    )]
+    RecordTooLarge {
+        /// The list's name.
+        file: String,
+        /// The line the record starts on.
+        line: u64,
+        /// The limit in bytes.
+        max: u64,
+    },
+    /// The CSV parser reported an error.
+    #[error("{file}:{line}: {message}")]
+    Csv {
+        /// The list's name.
+        file: String,
+        /// The line of the error.
+        line: u64,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+fn join_names(names: &[String]) -> String {
+    if names.is_empty() {
+        return "(none)".to_owned();
+    }
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One data row of the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// 1-based number of the data row (the header row is not counted; blank lines are skipped).
+    pub number: u64,
+    /// 1-based line in the file where the row starts.
+    pub line: u64,
+    /// The address from the address column, trimmed.
+    pub email: String,
+    /// One value per header column, untrimmed; missing trailing fields are empty strings.
+    pub fields: Vec<String>,
+    /// Why this row cannot be sent (`None` if it can). The caller reports such a row as failed
+    /// at stage `input`.
+    pub problem: Option<String>,
+}
+
+/// Size of the ring of recently read bytes kept by [`Counting`] (twice the parser's buffer, so a
+/// byte the parser has just consumed is always still there).
+const RECENT: usize = 2 * CSV_BUFFER;
+
+/// Byte-counting adapter: refuses to read past `limit_at` bytes in total, so the CSV parser never
+/// buffers more than one record's worth of data plus its own buffer. It also keeps the last
+/// [`RECENT`] bytes it served, to work out line numbers.
+#[derive(Debug)]
+struct Counting<R> {
+    inner: R,
+    total: u64,
+    limit_at: u64,
+    tripped: bool,
+    recent: Vec<u8>,
+}
+
+impl<R> Counting<R> {
+    /// The byte at `offset`, if it was served and is still in the ring.
+    fn byte_at(&self, offset: u64) -> Option<u8> {
+        if offset >= self.total || self.total - offset > RECENT as u64 {
+            return None;
+        }
+        Some(self.recent[(offset % RECENT as u64) as usize])
+    }
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let room = self.limit_at.saturating_sub(self.total);
+        if room == 0 {
+            self.tripped = true;
+            return Err(io::Error::other("CSV record too large"));
+        }
+        let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        for chunk in buf[..n].chunks(RECENT) {
+            let at = (self.total % RECENT as u64) as usize;
+            let first = chunk.len().min(RECENT - at);
+            self.recent[at..at + first].copy_from_slice(&chunk[..first]);
+            self.recent[..chunk.len() - first].copy_from_slice(&chunk[first..]);
+            self.total += chunk.len() as u64;
+        }
+        Ok(n)
+    }
+}
+
+/// Streaming reader of a recipient list: a CSV file whose first row names the columns.
+#[derive(Debug)]
+pub struct ListReader<R: Read> {
+    csv: csv::Reader<Counting<R>>,
+    record: csv::ByteRecord,
+    file: String,
+    headers: Vec<String>,
+    email_index: usize,
+    max_record: u64,
+    rows: u64,
+    done: bool,
+}
+
+impl ListReader<File> {
+    /// Opens the list at `path` (named by its path in errors) and reads its header row.
+    pub fn open(path: &Path) -> Result<Self, InputError> {
+        let name = path.display().to_string();
+        let file = File::open(path).map_err(|error| InputError::Io {
+            file: name.clone(),
+            line: None,
+            error,
+        })?;
+        Self::new(file, &name)
+    }
+}
+
+impl<R: Read> ListReader<R> {
+    /// Reads the header row of `reader`, with the default record limit ([`DEFAULT_MAX_RECORD`]).
+    ///
+    /// `source` names the list in errors (usually its path). A UTF-8 byte order mark is
+    /// stripped. The address column is the one named `email` (any letter case, trimmed), or
+    /// else `to`. Header names are kept as they are (trimmed).
+    pub fn new(reader: R, source: &str) -> Result<Self, InputError> {
+        Self::with_max_record(reader, source, DEFAULT_MAX_RECORD)
+    }
+
+    /// Like [`ListReader::new`], with a limit of `max_record` bytes for one CSV record
+    /// (the header row included).
+    pub fn with_max_record(reader: R, source: &str, max_record: u64) -> Result<Self, InputError> {
+        let counting = Counting {
+            inner: reader,
+            total: 0,
+            limit_at: 0,
+            tripped: false,
+            recent: vec![0; RECENT],
+        };
+        let csv = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(CSV_BUFFER)
+            .from_reader(counting);
+        let mut list = Self {
+            csv,
+            record: csv::ByteRecord::new(),
+            file: source.to_owned(),
+            headers: Vec::new(),
+            email_index: 0,
+            max_record,
+            rows: 0,
+            done: false,
+        };
+        list.read_header()?;
+        Ok(list)
+    }
+
+    fn read_header(&mut self) -> Result<(), InputError> {
+        let line = match self.read_record() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                return Err(InputError::Empty {
+                    file: self.file.clone(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        if self.record.len() > MAX_COLUMNS {
+            return Err(InputError::TooManyColumns {
+                file: self.file.clone(),
+                line,
+                count: self.record.len(),
+                max: MAX_COLUMNS,
+            });
+        }
+        let mut headers = Vec::with_capacity(self.record.len());
+        for (i, field) in self.record.iter().enumerate() {
+            let field = if i == 0 {
+                field.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(field)
+            } else {
+                field
+            };
+            let text = std::str::from_utf8(field).map_err(|_| InputError::HeaderNotUtf8 {
+                file: self.file.clone(),
+                line,
+            })?;
+            headers.push(text.trim().to_owned());
+        }
+        if headers.len() == 1 && headers[0].is_empty() {
+            return Err(InputError::Empty {
+                file: self.file.clone(),
+            });
+        }
+        let mut seen: HashMap<&str, usize> = HashMap::with_capacity(headers.len());
+        for (i, name) in headers.iter().enumerate() {
+            if let Some(&first) = seen.get(name.as_str()) {
+                return Err(InputError::DuplicateColumn {
+                    file: self.file.clone(),
+                    line,
+                    name: name.clone(),
+                    first: first + 1,
+                    second: i + 1,
+                });
+            }
+            seen.insert(name, i);
+        }
+        let named = |want: &str| -> Vec<usize> {
+            (0..headers.len())
+                .filter(|&i| headers[i].eq_ignore_ascii_case(want))
+                .collect()
+        };
+        let mut candidates = named("email");
+        if candidates.is_empty() {
+            candidates = named("to");
+        }
+        let email_index = match candidates.as_slice() {
+            [] => {
+                return Err(InputError::NoEmailColumn {
+                    file: self.file.clone(),
+                    line,
+                    headers,
+                });
+            }
+            [one] => *one,
+            [first, second, ..] => {
+                return Err(InputError::DuplicateColumn {
+                    file: self.file.clone(),
+                    line,
+                    name: headers[*second].clone(),
+                    first: first + 1,
+                    second: second + 1,
+                });
+            }
+        };
+        self.headers = headers;
+        self.email_index = email_index;
+        Ok(())
+    }
+
+    /// Reads the next record into `self.record`; returns the line it starts on, or `None` at
+    /// the end. Enforces the record size limit.
+    fn read_record(&mut self) -> Result<Option<u64>, InputError> {
+        let start = self.csv.position().clone();
+        let slack = CSV_BUFFER as u64 + 1;
+        self.csv.get_mut().limit_at = start
+            .byte()
+            .saturating_add(self.max_record)
+            .saturating_add(slack);
+        match self.csv.read_byte_record(&mut self.record) {
+            Ok(true) => {
+                let end = self.csv.position().clone();
+                let rec_start = self.record.position().map_or(start.byte(), |p| p.byte());
+                if end.byte().saturating_sub(rec_start) > self.max_record {
+                    return Err(self.too_large(&start));
+                }
+                // The parser counts LFs it has consumed; it skips blank lines before a record
+                // and may or may not have consumed the record's own terminating LF (it stops
+                // after the CR of a CRLF). Work back from the end of the record.
+                let inner = self
+                    .record
+                    .as_slice()
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count() as u64;
+                let ended_by_lf =
+                    end.byte() > 0 && self.csv.get_ref().byte_at(end.byte() - 1) == Some(b'\n');
+                let line = end
+                    .line()
+                    .saturating_sub(inner + u64::from(ended_by_lf))
+                    .max(1);
+                Ok(Some(line))
+            }
+            Ok(false) => Ok(None),
+            Err(e) => {
+                if self.csv.get_ref().tripped {
+                    return Err(self.too_large(&start));
+                }
+                let line = e.position().map_or(start.line(), |p| p.line());
+                let message = e.to_string();
+                match e.into_kind() {
+                    csv::ErrorKind::Io(error) => Err(InputError::Io {
+                        file: self.file.clone(),
+                        line: Some(line),
+                        error,
+                    }),
+                    _ => Err(InputError::Csv {
+                        file: self.file.clone(),
+                        line,
+                        message,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The error for a record that started at `start` (the parser's position before it).
+    fn too_large(&self, start: &csv::Position) -> InputError {
+        // After a CRLF the parser stops before the LF: the record starts on the next line.
+        let leftover_lf = self.csv.get_ref().byte_at(start.byte()) == Some(b'\n');
+        InputError::RecordTooLarge {
+            file: self.file.clone(),
+            line: start.line() + u64::from(leftover_lf),
+            max: self.max_record,
+        }
+    }
+
+    /// The header names, trimmed, in file order.
+    pub fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
+    /// Index (0-based) of the address column in [`ListReader::headers`].
+    pub fn email_index(&self) -> usize {
+        self.email_index
+    }
+
+    /// The list's name as given to the constructor.
+    pub fn source(&self) -> &str {
+        &self.file
+    }
+
+    /// Number of data rows returned so far.
+    pub fn rows_read(&self) -> u64 {
+        self.rows
+    }
+
+    /// Reads the next data row. `None` at the end of the list (and after a fatal error).
+    ///
+    /// Per-row problems are reported in [`Row::problem`], not as errors.
+    pub fn next_row(&mut self) -> Option<Result<Row, InputError>> {
+        if self.done {
+            return None;
+        }
+        let line = match self.read_record() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                self.done = true;
+                return None;
+            }
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        self.rows += 1;
+        Some(Ok(self.make_row(line)))
+    }
+
+    fn make_row(&self, line: u64) -> Row {
+        let width = self.headers.len();
+        let mut problem = None;
+        let utf8 = self.record.iter().all(|f| std::str::from_utf8(f).is_ok());
+        if !utf8 {
+            problem = Some(PROBLEM_NOT_UTF8.to_owned());
+        }
+        let mut fields: Vec<String> = Vec::with_capacity(width);
+        for field in self.record.iter().take(width) {
+            fields.push(String::from_utf8_lossy(field).into_owned());
+        }
+        fields.resize(width, String::new());
+        if problem.is_none() && self.record.len() > width {
+            let extra_used = self
+                .record
+                .iter()
+                .skip(width)
+                .any(|f| !f.iter().all(u8::is_ascii_whitespace));
+            if extra_used {
+                problem = Some(format!(
+                    "row has {} fields, the header has {width}",
+                    self.record.len()
+                ));
+            }
+        }
+        let email = fields[self.email_index].trim().to_owned();
+        if problem.is_none() {
+            if let Err(e) = check_address(&email) {
+                problem = Some(e.to_string());
+            }
+        }
+        Row {
+            number: self.rows,
+            line,
+            email,
+            fields,
+            problem,
+        }
+    }
+}
+
+impl<R: Read> Iterator for ListReader<R> {
+    type Item = Result<Row, InputError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_row()
+    }
+}
+
+/// What a pre-pass over a list found (see [`scan_list`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// Number of data rows.
+    pub rows: u64,
+    /// Number of rows with a [`Row::problem`].
+    pub problems: u64,
+    /// Line and text of the first row problem, if any.
+    pub first_problem: Option<(u64, String)>,
+}
+
+/// Reads a whole list without keeping its rows: validates the header and every record and
+/// counts rows and row problems. Used to catch bad input before any connection is made.
+pub fn scan_list<R: Read>(list: &mut ListReader<R>) -> Result<ScanSummary, InputError> {
+    let mut summary = ScanSummary::default();
+    while let Some(row) = list.next_row() {
+        let row = row?;
+        summary.rows += 1;
+        if let Some(problem) = row.problem {
+            summary.problems += 1;
+            if summary.first_problem.is_none() {
+                summary.first_problem = Some((row.line, problem));
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// Opens the list at `path` and [scans](scan_list) it.
+pub fn scan_file(path: &Path) -> Result<ScanSummary, InputError> {
+    scan_list(&mut ListReader::open(path)?)
+}
+
+/// Opens the list at `path`, validates it and returns its number of data rows.
+pub fn count_rows(path: &Path) -> Result<u64, InputError> {
+    scan_file(path).map(|s| s.rows)
+}
+
+/// The 64-bit key of an address: a SipHash (fixed keys, so stable across runs and processes)
+/// of the trimmed address with every character lowercased.
+///
+/// Lowercasing the whole address is a practical choice: local parts are case-sensitive in
+/// theory (RFC 5321 §2.4) but virtually never in practice.
+pub fn address_key(email: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    for c in email.trim().chars().flat_map(char::to_lowercase) {
+        h.write_u32(u32::from(c));
+    }
+    h.finish()
+}
+
+/// Detects repeated addresses in a list without storing the addresses.
+///
+/// Each address is remembered as its 64-bit [`address_key`] plus the row number where it was
+/// first seen (as `u32`; row numbers above `u32::MAX` are stored as `u32::MAX`): about 12–16
+/// bytes per distinct address (roughly 16 MB for 1,000,000 rows). Keys live in a sorted array
+/// (with a 65,536-entry index on the top bits) plus a small hash map of recent keys that is merged
+/// into the array in batches, so there is no large rehash peak.
+///
+/// Trade-off: two different addresses with the same 64-bit hash would be taken for duplicates and
+/// the second one skipped. With n distinct addresses the chance of any such collision is about
+/// n² / 2⁶⁵: about 3 × 10⁻⁸ for a million addresses.
+#[derive(Debug, Default)]
+pub struct DuplicateFilter {
+    keys: Vec<u64>,
+    rows: Vec<u32>,
+    /// `index[b]..index[b + 1]` is the range of `keys` whose top 16 bits are `b`.
+    index: Vec<u32>,
+    pending: HashMap<u64, u32>,
+}
+
+const PENDING_MIN: usize = 16 * 1024;
+
+impl DuplicateFilter {
+    /// An empty filter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of distinct addresses seen.
+    pub fn len(&self) -> usize {
+        self.keys.len() + self.pending.len()
+    }
+
+    /// True when no address has been seen.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records `email` as seen at data row `row`. Returns `Some(first_row)` if the address
+    /// (compared case-insensitively) was seen before, at `first_row`; `None` if it is new.
+    pub fn check(&mut self, email: &str, row: u64) -> Option<u64> {
+        let key = address_key(email);
+        if let Some(&first) = self.pending.get(&key) {
+            return Some(u64::from(first));
+        }
+        if let Some(first) = self.find_sorted(key) {
+            return Some(u64::from(first));
+        }
+        self.pending
+            .insert(key, u32::try_from(row).unwrap_or(u32::MAX));
+        if self.pending.len() >= PENDING_MIN.max(self.keys.len() / 8) {
+            self.merge();
+        }
+        None
+    }
+
+    fn find_sorted(&self, key: u64) -> Option<u32> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let bucket = (key >> 48) as usize;
+        let lo = self.index[bucket] as usize;
+        let hi = self.index[bucket + 1] as usize;
+        self.keys[lo..hi]
+            .binary_search(&key)
+            .ok()
+            .map(|i| self.rows[lo + i])
+    }
+
+    fn merge(&mut self) {
+        let mut batch: Vec<(u64, u32)> = self.pending.drain().collect();
+        batch.sort_unstable_by_key(|&(k, _)| k);
+        self.pending.shrink_to(PENDING_MIN.max(self.keys.len() / 8));
+        let old = self.keys.len();
+        let total = old + batch.len();
+        self.keys.resize(total, 0);
+        self.rows.resize(total, 0);
+        // Merge from the back so that no second array is needed.
+        let (mut i, mut j, mut k) = (old, batch.len(), total);
+        while j > 0 {
+            k -= 1;
+            if i > 0 && self.keys[i - 1] > batch[j - 1].0 {
+                self.keys[k] = self.keys[i - 1];
+                self.rows[k] = self.rows[i - 1];
+                i -= 1;
+            } else {
+                self.keys[k] = batch[j - 1].0;
+                self.rows[k] = batch[j - 1].1;
+                j -= 1;
+            }
+        }
+        self.index = bucket_index(self.keys.iter().copied());
+    }
+}
+
+/// Builds the 65,537-entry bucket index over sorted `keys` (bucket = top 16 bits).
+pub(crate) fn bucket_index(keys: impl IntoIterator<Item = u64>) -> Vec<u32> {
+    let mut index = vec![0u32; (1 << 16) + 1];
+    for k in keys {
+        index[(k >> 48) as usize + 1] += 1;
+    }
+    for b in 1..index.len() {
+        index[b] += index[b - 1];
+    }
+    index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(data: &[u8]) -> Result<ListReader<&[u8]>, InputError> {
+        ListReader::new(data, "list.csv")
+    }
+
+    fn rows(data: &[u8]) -> Vec<Row> {
+        reader(data)
+            .expect("header")
+            .map(|r| r.expect("row"))
+            .collect()
+    }
+
+    #[test]
+    fn basic_rows() {
+        let list =
+            reader(b"email,first_name\na@example.com,Ann\n\nb@example.com,Bob\n").expect("header");
+        assert_eq!(list.headers(), ["email", "first_name"]);
+        assert_eq!(list.email_index(), 0);
+        let rows: Vec<Row> = list.map(|r| r.expect("row")).collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].number, 1);
+        assert_eq!(rows[0].line, 2);
+        assert_eq!(rows[0].fields, ["a@example.com", "Ann"]);
+        assert_eq!(rows[1].number, 2);
+        assert_eq!(rows[1].line, 4, "blank line skipped, line still counted");
+        assert!(rows.iter().all(|r| r.problem.is_none()));
+    }
+
+    #[test]
+    fn bom_is_stripped() {
+        let list = reader(b"\xEF\xBB\xBFEmail,name\r\nx@example.com,X\r\n").expect("header");
+        assert_eq!(list.headers(), ["Email", "name"]);
+        assert_eq!(list.email_index(), 0);
+    }
+
+    #[test]
+    fn to_alias_and_case_insensitive_trimmed() {
+        let list = reader(b"name, TO \nX,x@example.com\n").expect("header");
+        assert_eq!(list.headers(), ["name", "TO"]);
+        assert_eq!(list.email_index(), 1);
+        let list = reader(b"to, eMaiL ,n\n").expect("header");
+        assert_eq!(list.email_index(), 1, "email wins over to");
+    }
+
+    #[test]
+    fn missing_email_column_names_file_and_headers() {
+        let err = reader(b"name,address\nX,x@example.com\n").expect_err("no column");
+        assert!(matches!(err, InputError::NoEmailColumn { .. }));
+        let text = err.to_string();
+        assert!(text.contains("list.csv:1"), "{text}");
+        assert!(text.contains("\"email\""), "{text}");
+        assert!(text.contains("\"name\", \"address\""), "{text}");
+    }
+
+    #[test]
+    fn empty_file_and_duplicates() {
+        assert!(matches!(reader(b""), Err(InputError::Empty { .. })));
+        assert!(matches!(reader(b"\n\n"), Err(InputError::Empty { .. })));
+        let err = reader(b"email,name, name\n").expect_err("dup");
+        assert!(
+            matches!(&err, InputError::DuplicateColumn { first: 2, second: 3, name, .. } if name == "name")
+        );
+        assert!(err.to_string().contains("columns 2 and 3"), "{err}");
+        assert!(matches!(
+            reader(b"email,EMAIL\n"),
+            Err(InputError::DuplicateColumn { .. })
+        ));
+    }
+
+    #[test]
+    fn header_not_utf8() {
+        let err = reader(b"email,na\xFFme\n").expect_err("latin-1");
+        assert!(matches!(err, InputError::HeaderNotUtf8 { line: 1, .. }));
+    }
+
+    #[test]
+    fn row_problems() {
+        let rows = rows(
+            b"email,name\n a@example.com ,A\nb@example.com,B,extra\nc@example.com,C,, \n,D\nnot-an-address,E\nd@example.com,\xE9t\xE9\ne@example.com\n",
+        );
+        assert_eq!(rows[0].email, "a@example.com");
+        assert_eq!(
+            rows[0].fields[0], " a@example.com ",
+            "fields are kept untrimmed"
+        );
+        assert_eq!(rows[0].problem, None);
+        assert_eq!(
+            rows[1].problem.as_deref(),
+            Some("row has 3 fields, the header has 2")
+        );
+        assert_eq!(rows[2].problem, None, "empty extra fields are tolerated");
+        assert_eq!(rows[3].problem.as_deref(), Some("empty address"));
+        assert!(
+            rows[4]
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("local@domain"))
+        );
+        assert_eq!(rows[5].problem.as_deref(), Some(PROBLEM_NOT_UTF8));
+        assert_eq!(rows[5].fields[1], "\u{FFFD}t\u{FFFD}");
+        assert_eq!(
+            rows[6].fields,
+            ["e@example.com", ""],
+            "missing fields are empty"
+        );
+        assert_eq!(rows[6].problem, None);
+    }
+
+    #[test]
+    fn line_numbers_with_any_line_ending() {
+        let cases: [(&[u8], [u64; 4]); 3] = [
+            (
+                b"email,n\r\n1@x.org,2\r\n\r\n3@x.org,4\r\n\"5@x.org\",\"a\r\nb\"\r\n7@x.org",
+                [2, 4, 5, 7],
+            ),
+            (
+                b"email,n\n1@x.org,2\n\n3@x.org,4\n\"5@x.org\",\"a\nb\"\n7@x.org\n",
+                [2, 4, 5, 7],
+            ),
+            (
+                b"\n\nemail,n\n1@x.org,2\n\n\n\n3@x.org,4\n\"5@x.org\",\"a\nb\"\n7@x.org",
+                [4, 8, 9, 11],
+            ),
+        ];
+        for (data, want) in cases {
+            let list = reader(data).expect("header");
+            let lines: Vec<u64> = list.map(|r| r.expect("row").line).collect();
+            assert_eq!(lines, want, "{}", String::from_utf8_lossy(data));
+        }
+    }
+
+    #[test]
+    fn quoted_newlines_keep_line_numbers() {
+        let rows = rows(b"email,note\na@example.com,\"two\nlines\"\nb@example.com,x\n");
+        assert_eq!(rows[0].fields[1], "two\nlines");
+        assert_eq!(rows[1].line, 4);
+    }
+
+    /// A reader that produces a header, then one endless-looking line of `len` bytes.
+    struct HugeLine {
+        header: &'static [u8],
+        pos: usize,
+        len: usize,
+        served: usize,
+    }
+
+    impl Read for HugeLine {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.pos < self.header.len() {
+                let n = buf.len().min(self.header.len() - self.pos);
+                buf[..n].copy_from_slice(&self.header[self.pos..self.pos + n]);
+                self.pos += n;
+                self.served += n;
+                return Ok(n);
+            }
+            let left = self.len.saturating_sub(self.served - self.header.len());
+            let n = buf.len().min(left);
+            buf[..n].fill(b'a');
+            self.served += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn record_too_large_is_rejected_without_buffering_it() {
+        let src = HugeLine {
+            header: b"email,name\nx@example.com,ok\n",
+            pos: 0,
+            len: 20 * 1024 * 1024,
+            served: 0,
+        };
+        let mut list = ListReader::new(src, "big.csv").expect("header");
+        let first = list.next_row().expect("row").expect("ok");
+        assert_eq!(first.email, "x@example.com");
+        let err = list.next_row().expect("some").expect_err("too large");
+        assert!(
+            matches!(
+                err,
+                InputError::RecordTooLarge {
+                    line: 3,
+                    max: DEFAULT_MAX_RECORD,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.to_string().starts_with("big.csv:3:"), "{err}");
+        let served = list.csv.get_ref().inner.served as u64;
+        assert!(served < 2 * DEFAULT_MAX_RECORD, "read {served} bytes");
+        assert!(list.next_row().is_none(), "fatal error ends the list");
+    }
+
+    #[test]
+    fn record_too_large_after_crlf_names_its_line() {
+        let data = format!(
+            "email,n\r\na@example.com,1\r\nb@example.com,{}\r\n",
+            "x".repeat(100)
+        );
+        let mut list = ListReader::with_max_record(data.as_bytes(), "l.csv", 50).expect("header");
+        assert!(list.next_row().expect("row").is_ok());
+        let err = list.next_row().expect("row").expect_err("too long");
+        assert!(
+            matches!(err, InputError::RecordTooLarge { line: 3, .. }),
+            "{err:?}"
+        );
+        fn send<T: Send>() {}
+        send::<ListReader<File>>();
+        send::<DuplicateFilter>();
+    }
+
+    #[test]
+    fn configurable_record_limit() {
+        let data = b"email,note\na@example.com,short\nb@example.com,this one is much longer\n";
+        let mut list = ListReader::with_max_record(&data[..], "l.csv", 24).expect("header");
+        assert!(list.next_row().expect("row").is_ok());
+        let err = list.next_row().expect("row").expect_err("too long");
+        assert!(matches!(
+            err,
+            InputError::RecordTooLarge {
+                line: 3,
+                max: 24,
+                ..
+            }
+        ));
+        assert!(matches!(
+            ListReader::with_max_record(&data[..], "l.csv", 5),
+            Err(InputError::RecordTooLarge { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn ten_thousand_columns() {
+        let mut header = String::from("email");
+        for i in 1..10_000 {
+            header.push_str(&format!(",c{i}"));
+        }
+        header.push('\n');
+        let err = reader(header.as_bytes()).expect_err("too many");
+        assert!(
+            matches!(
+                err,
+                InputError::TooManyColumns {
+                    count: 10_000,
+                    max: 1000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("10000 columns") && text.contains("list.csv:1"),
+            "{text}"
+        );
+        let ok: String = (1..1000).map(|i| format!(",c{i}")).collect();
+        let ok = format!("email{ok}\n");
+        assert_eq!(
+            reader(ok.as_bytes()).expect("1000 columns").headers().len(),
+            1000
+        );
+    }
+
+    #[test]
+    fn scan_counts_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.csv");
+        std::fs::write(&path, "email\na@example.com\nbad\nc@example.com\n").expect("write");
+        let s = scan_file(&path).expect("scan");
+        assert_eq!(s.rows, 3);
+        assert_eq!(s.problems, 1);
+        assert_eq!(s.first_problem.as_ref().map(|p| p.0), Some(3));
+        assert_eq!(count_rows(&path).expect("count"), 3);
+        let err = count_rows(&dir.path().join("missing.csv")).expect_err("missing");
+        assert!(err.to_string().contains("missing.csv"), "{err}");
+    }
+
+    #[test]
+    fn duplicates_case_insensitive() {
+        let mut f = DuplicateFilter::new();
+        assert_eq!(f.check("a@example.com", 1), None);
+        assert_eq!(f.check("b@example.com", 2), None);
+        assert_eq!(f.check("A@Example.COM", 3), Some(1));
+        assert_eq!(f.check("b@example.com", 4), Some(2));
+        assert_eq!(f.len(), 2);
+    }
+
+    #[test]
+    fn duplicates_across_merges() {
+        let mut f = DuplicateFilter::new();
+        let n = 100_000u64;
+        for i in 0..n {
+            assert_eq!(f.check(&format!("user{i}@example.com"), i + 1), None);
+        }
+        assert!(!f.keys.is_empty(), "merged at least once");
+        for i in (0..n).step_by(997) {
+            assert_eq!(f.check(&format!("USER{i}@example.com"), n + 1), Some(i + 1));
+        }
+        assert_eq!(f.len() as u64, n);
+    }
+}
