@@ -33,6 +33,8 @@ use tokio::time::Instant;
 const READ_SIZE: usize = 64 * 1024;
 /// Bytes in flight per direction before the reader stops reading.
 const BUDGET: usize = 8 * 1024 * 1024;
+/// Longest wait for the upstream connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest write assembled from chunks that are due at the same time.
 const MAX_WRITE: usize = 256 * 1024;
 
@@ -157,7 +159,9 @@ impl Drop for AbortOnDrop {
 async fn proxy_conn(client: TcpStream, upstream: SocketAddr, delay: Duration) {
     let _ = client.set_nodelay(true);
     if delay.is_zero() {
-        if let Ok(mut up) = TcpStream::connect(upstream).await {
+        if let Ok(Ok(mut up)) =
+            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream)).await
+        {
             let _ = up.set_nodelay(true);
             let mut client = client;
             let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
@@ -171,7 +175,8 @@ async fn proxy_conn(client: TcpStream, upstream: SocketAddr, delay: Duration) {
     let reader = tokio::spawn(read_side(client_r, tx, delay));
     let _reader = AbortOnDrop(reader.abort_handle());
     tokio::time::sleep(delay).await;
-    let Ok(up) = TcpStream::connect(upstream).await else {
+    let Ok(Ok(up)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(upstream)).await
+    else {
         return;
     };
     let _ = up.set_nodelay(true);

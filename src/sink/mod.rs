@@ -26,6 +26,8 @@
 //! * Whenever the sink closes a connection (QUIT, 421, faults, timeouts) it first writes every
 //!   reply it has produced, half-closes (FIN), and discards further input until the client
 //!   closes (for at most 5 s), so the client never loses replies to a reset.
+//! * A client that sends nothing for 5 minutes gets `421 4.4.2` and is disconnected; one that
+//!   reads none of its replies for 5 minutes is disconnected.
 //!
 //! # Stored messages
 //!
@@ -37,6 +39,8 @@
 //! concatenated chunks. Bare LF and bare CR are stored as received. The Maildir file holds the
 //! same bytes (no header is added); it is written to `tmp/` and renamed into `new/` before the
 //! `250` reply is sent. A Maildir write failure answers `451 4.3.0` and stores nothing.
+//! (The one exception to "stored iff a 2xx was sent": [`SinkHandle::stop`] may cut a session
+//! between storing a message and writing its reply.)
 //!
 //! # Faults
 //!

@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{Instant, Sleep, timeout};
 
 use super::fault::Fault;
 use super::proto::{self, DotDecoder, LineScan};
@@ -14,9 +14,11 @@ use super::{Shared, StoredMessage};
 
 /// Largest single read from the client.
 const READ_SIZE: usize = 64 * 1024;
-/// A client silent for this long gets `421 4.4.2` (RFC 5321 §4.5.3.2.7 suggests 5 minutes).
+/// A client that sends nothing for this long gets `421 4.4.2` and is disconnected (RFC 5321
+/// §4.5.3.2.7 suggests 5 minutes); one that accepts none of the replies for this long is
+/// disconnected.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Longest time a write of replies may block (a client that does not read).
+/// Longest time a write may block at close, or in the latency delay line.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -143,6 +145,38 @@ enum Fill {
     Timeout,
 }
 
+/// The session's idle timer. Progress only records the time; the single timer is re-armed
+/// lazily when it fires early, so reads and writes cost no timer operations.
+struct Watchdog {
+    sleep: std::pin::Pin<Box<Sleep>>,
+    last_progress: Instant,
+}
+
+impl Watchdog {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+            last_progress: Instant::now(),
+        }
+    }
+
+    fn progress(&mut self) {
+        self.last_progress = Instant::now();
+    }
+
+    /// Resolves once no progress was made for [`IDLE_TIMEOUT`].
+    async fn expired(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            let due = self.last_progress + IDLE_TIMEOUT;
+            if Instant::now() >= due {
+                return;
+            }
+            self.sleep.as_mut().reset(due);
+        }
+    }
+}
+
 struct Session {
     shared: Arc<Shared>,
     index: u64,
@@ -160,6 +194,7 @@ struct Session {
     authenticated: bool,
     txn: Option<Txn>,
     size_limit: u64,
+    watchdog: Watchdog,
 }
 
 impl Session {
@@ -192,6 +227,7 @@ impl Session {
             authenticated: false,
             txn: None,
             size_limit,
+            watchdog: Watchdog::new(),
         }
     }
 
@@ -274,10 +310,14 @@ impl Session {
         };
         self.inbuf.reserve(want);
         let mut limited = (&mut *io).take(want as u64);
-        match timeout(IDLE_TIMEOUT, limited.read_buf(&mut self.inbuf)).await {
-            Err(_) => Fill::Timeout,
-            Ok(Ok(0) | Err(_)) => Fill::Eof,
-            Ok(Ok(n)) => {
+        let read = tokio::select! {
+            read = limited.read_buf(&mut self.inbuf) => read,
+            () = self.watchdog.expired() => return Fill::Timeout,
+        };
+        match read {
+            Ok(0) | Err(_) => Fill::Eof,
+            Ok(n) => {
+                self.watchdog.progress();
                 if let Some(left) = &mut self.input_left {
                     *left -= n as u64;
                 }
@@ -292,9 +332,11 @@ impl Session {
             return Ok(());
         }
         let out = std::mem::take(&mut self.out);
-        let result = timeout(WRITE_TIMEOUT, write_out(io, &out, self.dribble))
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        let result = tokio::select! {
+            written = write_out(io, &out, self.dribble) => written,
+            () = self.watchdog.expired() => Err(std::io::ErrorKind::TimedOut.into()),
+        };
+        self.watchdog.progress();
         self.out = out;
         self.out.clear();
         result
