@@ -238,7 +238,9 @@ make_cert() {
 
 cmd_start() {
     local dir="$1" port="$2" postfix timeout pid deadline
-    [[ "$port" =~ ^[0-9]+$ ]] && ((port > 0 && port < 65536)) || die "bad port: $port"
+    if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+        die "bad port: $port"
+    fi
     [[ $EUID -eq 0 ]] || die "must run as root"
     postfix=$(find_postfix)
     timeout="${START_TIMEOUT:-20}"

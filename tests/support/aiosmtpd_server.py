@@ -85,11 +85,25 @@ class MaildirHandler:
         os.rename(tmp, os.path.join(self.directory, "new", filename))
 
 
+async def watch_parent(pid, loop):
+    """Stops the server once the test process that started it has died (and we were
+    re-parented), so a killed test run leaves no server behind."""
+    while os.getppid() == pid:
+        await asyncio.sleep(0.5)
+    loop.stop()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="exit when this process (the test that started us) is gone",
+    )
     args = parser.parse_args()
 
     handler = MaildirHandler(args.dir)
@@ -104,6 +118,8 @@ def main():
     )
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, loop.stop)
+    if args.parent_pid is not None:
+        loop.create_task(watch_parent(args.parent_pid, loop))
     print(f"aiosmtpd ready on {args.host}:{args.port}", flush=True)
     try:
         loop.run_forever()

@@ -265,11 +265,15 @@ impl SinkCounters {
 /// newline), every time a counter changes: `mesg` when a message is complete, `sess`/`quit`
 /// when a session ends. A thread reads stdout and keeps the latest report, so
 /// [`SmtpSink::counters`] is current, and [`SmtpSink::wait_for`] waits for a report
-/// without timing luck. Readiness is detected from the listening socket in
+/// without timing luck. smtp-sink runs under a small bash wrapper that ends it when the
+/// test process closes the wrapper's stdin, on drop or by dying. Readiness is detected from the listening socket in
 /// /proc/net/tcp, not by connecting, so no probe session shows in the counters (or in
 /// `-n`); where /proc is missing, a probe session is made and subtracted.
 pub struct SmtpSink {
+    /// The wrapper around smtp-sink (see [`SINK_WRAPPER`]).
     child: Child,
+    /// The wrapper's stdin: closing it (drop, or death of this process) ends smtp-sink.
+    lifeline: Option<std::process::ChildStdin>,
     addr: SocketAddr,
     counters: Arc<Mutex<SinkCounters>>,
     baseline: SinkCounters,
@@ -303,7 +307,8 @@ impl SmtpSink {
         if port_answers(addr) {
             return Err(format!("{addr} already in use"));
         }
-        let mut cmd = Command::new(bin);
+        let mut cmd = Command::new("bash");
+        cmd.args(["-c", SINK_WRAPPER, "smtp-sink-wrapper"]).arg(bin);
         if running_as_root() {
             cmd.args(["-u", "nobody"]);
         }
@@ -311,12 +316,13 @@ impl SmtpSink {
             .args(extra_args)
             .arg(addr.to_string())
             .arg("1000")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        let lifeline = child.stdin.take();
         let stderr = collect_stderr(&mut child);
         let counters = Arc::new(Mutex::new(SinkCounters::default()));
         let stdout = child.stdout.take().expect("piped stdout");
@@ -326,6 +332,7 @@ impl SmtpSink {
         };
         let mut sink = Self {
             child,
+            lifeline,
             addr,
             counters,
             baseline: SinkCounters::default(),
@@ -427,10 +434,34 @@ fn read_sink_counters(stdout: ChildStdout, counters: &Mutex<SinkCounters>) {
     }
 }
 
+/// Runs smtp-sink ("$@") and kills it when stdin reaches EOF: smtp-sink does not die when
+/// the test process does (it ignores write errors on its stdout), so the test holds the
+/// wrapper's stdin open as a lifeline. Exits with smtp-sink's status.
+const SINK_WRAPPER: &str = r#"
+exec 3<&0
+"$@" </dev/null &
+sink=$!
+{ read -r -u 3 _ || true; kill "$sink" 2>/dev/null; } &
+watcher=$!
+exec 3<&-
+wait "$sink"
+rc=$?
+kill "$watcher" 2>/dev/null
+exit "$rc"
+"#;
+
 impl Drop for SmtpSink {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // EOF on the lifeline makes the wrapper kill smtp-sink and exit.
+        drop(self.lifeline.take());
+        if wait_until(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .is_none()
+        {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
@@ -480,6 +511,50 @@ fn postfix_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postfix-smtpd.sh")
 }
 
+const POSTFIX_DIR_PREFIX: &str = "pipemail-postfix-";
+/// File in an instance's directory holding the pid of the test process that owns it.
+const OWNER_FILE: &str = "owner.pid";
+
+fn run_stop_script(dir: &Path, postfix: &Path) -> std::io::Result<std::process::Output> {
+    Command::new("bash")
+        .arg(postfix_script())
+        .arg("stop")
+        .arg(dir)
+        .env("POSTFIX", postfix)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+}
+
+/// Stops and removes instances left running by test processes that died without dropping
+/// their [`PostfixSmtpd`] (killed, aborted); the Postfix master outlives its test.
+fn sweep_orphaned_instances(base: &Path, postfix: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_ours = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(POSTFIX_DIR_PREFIX));
+        let Some(owner) = is_ours
+            .then(|| fs::read_to_string(dir.join(OWNER_FILE)).ok())
+            .flatten()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner == std::process::id() || Path::new(&format!("/proc/{owner}")).exists() {
+            continue;
+        }
+        if run_stop_script(&dir, postfix).is_ok_and(|o| o.status.success()) {
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+}
+
 impl PostfixSmtpd {
     /// Starts an instance; `None` (after [`skip_or_fail`]) when Postfix or openssl is not
     /// installed or the test does not run as root. Panics with the script's output and the
@@ -509,10 +584,15 @@ impl PostfixSmtpd {
     }
 
     fn try_start(postfix: &Path) -> Result<Self, String> {
+        let base = scratch_base();
+        sweep_orphaned_instances(&base, postfix);
         let dir = tempfile::Builder::new()
-            .prefix("pipemail-postfix-")
-            .tempdir_in(scratch_base())
+            .prefix(POSTFIX_DIR_PREFIX)
+            .tempdir_in(&base)
             .map_err(|e| format!("temp dir: {e}"))?;
+        // Lets a later run stop this instance if this process dies without dropping it.
+        fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
+            .map_err(|e| format!("owner file: {e}"))?;
         let port = free_port();
         let addr = loopback(port);
         if port_answers(addr) {
@@ -608,16 +688,7 @@ impl PostfixSmtpd {
 impl Drop for PostfixSmtpd {
     fn drop(&mut self) {
         let Some(dir) = self.dir.take() else { return };
-        let result = Command::new("bash")
-            .arg(postfix_script())
-            .arg("stop")
-            .arg(dir.path())
-            .env("POSTFIX", &self.postfix)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output();
-        match result {
+        match run_stop_script(dir.path(), &self.postfix) {
             Ok(out) if out.status.success() => drop(dir),
             Ok(out) => {
                 let mut err = std::io::stderr().lock();
@@ -778,6 +849,7 @@ impl AioSmtpd {
             .arg("--dir")
             .arg(dir.path())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--parent-pid", &std::process::id().to_string()])
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
