@@ -1,1 +1,90 @@
-fn main() {}
+//! The `pipemail` command. Prints one error line and returns a sysexits code.
+#![forbid(unsafe_code)]
+
+mod check;
+mod cli;
+mod config;
+mod demo;
+mod exit;
+mod progress;
+mod send;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command};
+use exit::{Exit, Failure};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
+            let _ = e.print();
+            return code.into();
+        }
+    };
+    match run(cli) {
+        Ok(exit) => exit.into(),
+        Err(f) => {
+            if is_broken_pipe(&f.error) {
+                return Exit::Ok.into();
+            }
+            eprintln!("pipemail: error: {:#}", f.error);
+            if let Some(h) = f.exit.hint() {
+                eprintln!("pipemail: hint: {h}");
+            }
+            f.exit.into()
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn run(cli: Cli) -> Result<Exit, Failure> {
+    match cli.command {
+        Command::Send(a) => {
+            let quiet = a.quiet;
+            let dry = a.dry_run;
+            let plan = config::send_plan(a)?;
+            if dry {
+                return send::dry_run(plan);
+            }
+            let summary = send::run(plan)?;
+            let exit = summary.exit();
+            if !quiet || exit != Exit::Ok {
+                eprintln!("pipemail: {}", summary.line());
+            }
+            Ok(exit)
+        }
+        Command::CheckServer(a) => check::run(&a),
+        Command::Sink(a) => demo::sink(&a),
+        Command::Demo(a) => demo::run(&a),
+        Command::LatencyProxy(a) => demo::proxy(&a),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "pipemail",
+                &mut std::io::stdout(),
+            );
+            Ok(Exit::Ok)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Failure::new(Exit::IoErr, e))?;
+            Ok(Exit::Ok)
+        }
+    }
+}

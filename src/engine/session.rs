@@ -428,13 +428,15 @@ impl Session {
         self.queue.len() + self.active.len() < target + usize::from(!self.bdat_mode())
     }
 
-    /// True when nothing is queued, in flight or held: the session waits for the caller.
+    /// True when nothing is queued, in flight or held and QUIT was not asked for: the session
+    /// waits for the caller.
     pub fn is_idle(&self) -> bool {
         self.phase == Phase::Ready
             && self.in_flight.is_empty()
             && self.queue.is_empty()
             && self.active.is_empty()
             && self.raw.is_empty()
+            && !self.quit_requested
     }
 
     /// True when a body is held back waiting for the next message or a flush.

@@ -2,7 +2,7 @@
 //!
 //! Each accepted connection plays one script of steps. The server records what the client
 //! sent, and on drop fails the test if its thread panicked or a script was not played out.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

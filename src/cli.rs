@@ -1,0 +1,398 @@
+//! Command-line flags (clap derive). `config.rs` turns these into validated plans; nothing
+//! after it sees clap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit::EXIT_CODES_HELP;
+
+/// pipemail: a bulk mailer whose engine pipelines SMTP (RFC 2920) and CHUNKING (RFC 3030),
+/// so a stream of messages costs about one round trip each, or a few per thousand.
+#[derive(Debug, Parser)]
+#[command(name = "pipemail", version, about, after_help = EXIT_CODES_HELP, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Send one message per CSV row, rendered from a template, and write a per-row report.
+    Send(SendArgs),
+    /// Probe a server: banner, capabilities, TLS, round-trip time, whether pipelining works.
+    CheckServer(CheckArgs),
+    /// Run a small local SMTP server that stores or discards what it receives.
+    Sink(SinkArgs),
+    /// Show the product end to end against a built-in sink: lock-step vs pipelined vs BDAT.
+    Demo(DemoArgs),
+    /// Forward TCP connections, delaying each direction by half a round-trip time.
+    LatencyProxy(ProxyArgs),
+    /// Print shell completions.
+    Completions {
+        /// Shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// How to use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TlsMode {
+    /// STARTTLS when the server offers it, plain text otherwise.
+    Auto,
+    /// STARTTLS or nothing: no mail goes over an unencrypted connection.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+    /// Never TLS.
+    None,
+}
+
+/// Connection, TLS and AUTH flags shared by `send` and `check-server`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ConnArgs {
+    /// SMTP server, HOST or HOST:PORT (port 25, or 465 with --tls implicit).
+    #[arg(long, short = 'H', value_name = "HOST[:PORT]", env = "PIPEMAIL_HOST")]
+    pub(crate) host: String,
+    /// Name to send with EHLO (default: this machine's host name).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) helo: Option<String>,
+    /// TLS mode.
+    #[arg(long, value_enum, default_value_t = TlsMode::Auto)]
+    pub(crate) tls: TlsMode,
+    /// Do not verify the server's certificate or name (test servers only).
+    #[arg(long)]
+    pub(crate) insecure: bool,
+    /// Trust this CA certificate (PEM) in addition to the system's; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_file: Vec<PathBuf>,
+    /// Verify the certificate against this name instead of the host.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) tls_name: Option<String>,
+    /// AUTH user name (the password comes from $PIPEMAIL_PASSWORD or --password-file).
+    #[arg(long, value_name = "USER", env = "PIPEMAIL_USER")]
+    pub(crate) auth_user: Option<String>,
+    /// Read the AUTH password from the first line of this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) password_file: Option<PathBuf>,
+    /// Allow AUTH over an unencrypted connection (refused by default).
+    #[arg(long)]
+    pub(crate) allow_plaintext_auth: bool,
+    /// Reply timeout for each command (humantime: 30s, 2m).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
+    pub(crate) timeout: Duration,
+    /// Timeout for the reply to the end of a message.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "120s")]
+    pub(crate) data_timeout: Duration,
+    /// TCP connect (and implicit TLS handshake) timeout.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    pub(crate) connect_timeout: Duration,
+    /// Never pipeline: one command per round trip (lock-step SMTP).
+    #[arg(long, conflicts_with = "require_pipelining")]
+    pub(crate) no_pipelining: bool,
+    /// Refuse to send when the server does not advertise PIPELINING (exit 69).
+    #[arg(long)]
+    pub(crate) require_pipelining: bool,
+    /// Use DATA even when the server offers CHUNKING (no BDAT).
+    #[arg(long, alias = "force-data")]
+    pub(crate) no_chunking: bool,
+    /// BDAT: most messages in flight per connection.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) window: u32,
+    /// BDAT: most message octets in flight per connection (e.g. 8MiB, 512KiB).
+    #[arg(long, value_name = "SIZE", default_value = "8MiB", value_parser = parse_size)]
+    pub(crate) window_bytes: u64,
+    /// Print every command and reply to stderr (secrets shown as ****).
+    #[arg(long, short = 'v')]
+    pub(crate) verbose: bool,
+}
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FormatArg {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// A JSON array.
+    Json,
+    /// One JSON object per line.
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = EXIT_CODES_HELP)]
+pub(crate) struct SendArgs {
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
+    /// Recipients: CSV with a header row and an `email` (or `to`) column; `-` for stdin.
+    #[arg(long, short = 'l', value_name = "FILE")]
+    pub(crate) list: String,
+    /// Message template (headers, blank line, body) with {{ column }} placeholders; `-` for stdin.
+    #[arg(long, short = 't', value_name = "FILE")]
+    pub(crate) template: String,
+    /// Envelope sender (default: the template's From address).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) from: Option<String>,
+    /// Write the report here; `-` for stdout (default: no report file, summary only).
+    #[arg(long, short = 'r', value_name = "FILE")]
+    pub(crate) report: Option<String>,
+    /// Report format (default: from the report's extension, else csv).
+    #[arg(long, value_enum)]
+    pub(crate) format: Option<FormatArg>,
+    /// Skip every row an earlier report marks `sent`; send the rest.
+    #[arg(long, value_name = "REPORT")]
+    pub(crate) resume: Option<PathBuf>,
+    /// With --resume: also skip rows whose delivery is unknown (in flight when a run died).
+    #[arg(long, requires = "resume")]
+    pub(crate) skip_unknown: bool,
+    /// Parallel SMTP sessions.
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub(crate) connections: u32,
+    /// Messages per session before starting a fresh one (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) max_per_connection: u64,
+    /// Global rate limit: N/s, N/min or N/h.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub(crate) rate: Option<f64>,
+    /// Retries for temporary failures (4xx, dropped connections).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub(crate) retries: u32,
+    /// First retry delay; doubles each time, capped at 1 minute.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "1s")]
+    pub(crate) retry_delay: Duration,
+    /// Send to a row even when its address repeats an earlier row's.
+    #[arg(long)]
+    pub(crate) allow_duplicates: bool,
+    /// Only this part of the list: K/N takes every row whose number is K modulo N.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
+    pub(crate) shard: Option<(u64, u64)>,
+    /// Render and check everything, print the first message and a count; connect to nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// No progress bar and no summary line.
+    #[arg(long, short = 'q')]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    #[command(flatten)]
+    pub(crate) conn: ConnArgs,
+    /// Print JSON (stable keys) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Message count for the estimate.
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 10_000)]
+    pub(crate) messages: u64,
+    /// NOOPs to time for the round-trip measurement.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) probes: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SinkArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        short = 'L',
+        value_name = "ADDR",
+        default_value = "127.0.0.1:2525"
+    )]
+    pub(crate) listen: String,
+    /// Store each message in this Maildir (created if missing); default: count and discard.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) maildir: Option<PathBuf>,
+    /// Emulated network round-trip time (each direction delayed by half).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "0s")]
+    pub(crate) latency: Duration,
+    /// Do not advertise PIPELINING.
+    #[arg(long)]
+    pub(crate) no_pipelining: bool,
+    /// Do not advertise CHUNKING.
+    #[arg(long)]
+    pub(crate) no_chunking: bool,
+    /// Advertise SMTPUTF8.
+    #[arg(long)]
+    pub(crate) smtputf8: bool,
+    /// Reject recipients matching a pattern: CODE:GLOB, e.g. 550:*@bad.example or 450:slow*; repeatable.
+    #[arg(long, value_name = "CODE:GLOB")]
+    pub(crate) reject: Vec<String>,
+    /// Largest message accepted (SIZE), e.g. 10MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "35MiB")]
+    pub(crate) max_size: u64,
+    /// Name in the greeting.
+    #[arg(long, default_value = "pipemail-sink")]
+    pub(crate) hostname: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Simulated round-trip time.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "50ms")]
+    pub(crate) rtt: Duration,
+    /// Send only the first N rows of the sample list (0: all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) rows: u64,
+    /// Directory for the reports (default: a new temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long, short = 'q')]
+    pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProxyArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: String,
+    /// Address to forward to.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) upstream: String,
+    /// Round-trip time to add.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) rtt: Duration,
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 2m)"))
+}
+
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (examples: 1048576, 512KiB, 8MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("bad size unit in {s:?} (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// `N/s`, `N/min`, `N/h` → messages per second.
+pub(crate) fn parse_rate(s: &str) -> Result<f64, String> {
+    let (n, unit) = s
+        .split_once('/')
+        .ok_or_else(|| format!("bad rate {s:?}: use N/s, N/min or N/h"))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad rate {s:?}: N must be a number"))?;
+    if !(n > 0.0 && n.is_finite()) {
+        return Err(format!("bad rate {s:?}: N must be positive"));
+    }
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return Err(format!("bad rate unit in {s:?}: use /s, /min or /h")),
+    };
+    Ok(n / per)
+}
+
+pub(crate) fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let (k, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("bad shard {s:?}: use K/N, e.g. 1/4"))?;
+    let k: u64 = k.trim().parse().map_err(|_| format!("bad shard {s:?}"))?;
+    let n: u64 = n.trim().parse().map_err(|_| format!("bad shard {s:?}"))?;
+    if n == 0 || k == 0 || k > n {
+        return Err(format!("bad shard {s:?}: K must be from 1 to N"));
+    }
+    Ok((k, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parsers() {
+        assert_eq!(parse_rate("120/min").unwrap(), 2.0);
+        assert_eq!(parse_rate("3600/h").unwrap(), 1.0);
+        assert!(
+            parse_rate("0/s").is_err() && parse_rate("5").is_err() && parse_rate("5/d").is_err()
+        );
+        assert_eq!(parse_shard("2/4").unwrap(), (2, 4));
+        assert!(
+            parse_shard("0/4").is_err()
+                && parse_shard("5/4").is_err()
+                && parse_shard("1/0").is_err()
+        );
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert_eq!(parse_size("512kb").unwrap(), 512 << 10);
+        assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn send_flags() {
+        let cli = Cli::try_parse_from([
+            "pipemail",
+            "send",
+            "--host",
+            "mx:2525",
+            "--list",
+            "-",
+            "--template",
+            "t.eml",
+            "--rate",
+            "10/s",
+            "--shard",
+            "1/2",
+        ])
+        .unwrap();
+        let Command::Send(a) = cli.command else {
+            panic!("not send")
+        };
+        assert_eq!(a.conn.host, "mx:2525");
+        assert_eq!(a.rate, Some(10.0));
+        assert_eq!(a.shard, Some((1, 2)));
+        assert_eq!(a.conn.tls, TlsMode::Auto);
+        assert!(
+            Cli::try_parse_from([
+                "pipemail",
+                "send",
+                "--host",
+                "h",
+                "--list",
+                "l",
+                "--template",
+                "t",
+                "--no-pipelining",
+                "--require-pipelining"
+            ])
+            .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "pipemail",
+                "send",
+                "--host",
+                "h",
+                "--list",
+                "l",
+                "--template",
+                "t",
+                "--password",
+                "x"
+            ])
+            .is_err(),
+            "no password on argv"
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! Turns raw flags into validated settings: files opened, secrets read, limits checked.
+//! Later code never sees clap.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+
+use crate::cli::{ConnArgs, TlsMode};
+use crate::exit::{Exit, Failure, fail};
+use pipemail::driver::{ConnectOptions, Target, TlsSettings};
+use pipemail::engine::{self, Credentials, PipeliningPolicy, Secret, Timeouts, TlsPolicy};
+
+/// Environment variable holding the AUTH password.
+pub(crate) const PASSWORD_ENV: &str = "PIPEMAIL_PASSWORD";
+
+/// Connection settings for `send` and `check-server`.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnPlan {
+    pub(crate) connect: ConnectOptions,
+    pub(crate) verbose: bool,
+}
+
+pub(crate) fn conn_plan(a: &ConnArgs) -> Result<ConnPlan, Failure> {
+    let tls = match a.tls {
+        TlsMode::Auto => TlsPolicy::Opportunistic,
+        TlsMode::Starttls => TlsPolicy::Required,
+        TlsMode::Implicit => TlsPolicy::Implicit,
+        TlsMode::None => TlsPolicy::None,
+    };
+    let default_port = if tls == TlsPolicy::Implicit { 465 } else { 25 };
+    let target = Target::parse(&a.host, default_port)
+        .map_err(|e| fail(Exit::Usage, anyhow!("--host: {e}")))?;
+    let auth = match &a.auth_user {
+        None => None,
+        Some(user) => Some(Credentials {
+            username: user.clone(),
+            password: read_password(a)?,
+        }),
+    };
+    if a.auth_user.is_none() && (a.password_file.is_some()) {
+        return Err(fail(
+            Exit::Usage,
+            anyhow!("--password-file needs --auth-user"),
+        ));
+    }
+    if a.insecure {
+        eprintln!(
+            "pipemail: warning: --insecure: the server's certificate and name are NOT verified"
+        );
+    }
+    let helo_name = a.helo.clone().unwrap_or_else(local_hostname);
+    let pipelining = if a.no_pipelining {
+        PipeliningPolicy::Off
+    } else if a.require_pipelining {
+        PipeliningPolicy::Require
+    } else {
+        PipeliningPolicy::Auto
+    };
+    let session = engine::Config {
+        helo_name,
+        pipelining,
+        chunking: !a.no_chunking,
+        tls,
+        auth,
+        allow_plaintext_auth: a.allow_plaintext_auth,
+        window: a.window as usize,
+        window_bytes: usize::try_from(a.window_bytes).unwrap_or(usize::MAX),
+        timeouts: Timeouts {
+            greeting: a.timeout,
+            command: a.timeout,
+            data: a.timeout,
+            data_end: a.data_timeout,
+        },
+        transcript: a.verbose,
+    };
+    let tls = TlsSettings {
+        insecure: a.insecure,
+        ca_files: a.ca_file.clone(),
+        server_name: a.tls_name.clone(),
+    };
+    for f in &tls.ca_files {
+        if !f.exists() {
+            return Err(fail(
+                Exit::NoInput,
+                anyhow!("--ca-file {}: no such file", f.display()),
+            ));
+        }
+    }
+    Ok(ConnPlan {
+        connect: ConnectOptions {
+            target,
+            session,
+            tls,
+            connect_timeout: a.connect_timeout,
+        },
+        verbose: a.verbose,
+    })
+}
+
+fn read_password(a: &ConnArgs) -> Result<Secret, Failure> {
+    if let Some(path) = &a.password_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --password-file {}", path.display()))
+            .map_err(|e| fail(Exit::NoInput, e))?;
+        let line = text.lines().next().unwrap_or("").to_string();
+        if line.is_empty() {
+            return Err(fail(
+                Exit::DataErr,
+                anyhow!("--password-file {} is empty", path.display()),
+            ));
+        }
+        return Ok(Secret::new(line));
+    }
+    match std::env::var(PASSWORD_ENV) {
+        Ok(p) if !p.is_empty() => Ok(Secret::new(p)),
+        _ => Err(fail(
+            Exit::Usage,
+            anyhow!(
+                "--auth-user needs a password: set ${PASSWORD_ENV} or use --password-file (never on the command line)"
+            ),
+        )),
+    }
+}
+
+/// This machine's name for EHLO; `localhost` when unknown.
+pub(crate) fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Exponential backoff: `first`, doubled per attempt, capped at one minute.
+pub(crate) fn backoff(first: Duration, attempt: u32) -> Duration {
+    let cap = Duration::from_secs(60);
+    first
+        .checked_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .map_or(cap, |d| d.min(cap))
+}
+
+// ----- send ---------------------------------------------------------------------------------
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::cli::{FormatArg, SendArgs};
+use crate::send::{FromSource, SendPlan};
+use pipemail::input::{InputError, ListReader, scan_file};
+use pipemail::report::{Format, ResumeState};
+use pipemail::template::Template;
+
+fn input_exit(e: &InputError) -> Exit {
+    match e {
+        InputError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
+            Exit::NoInput
+        }
+        InputError::Io { .. } => Exit::NoInput,
+        _ => Exit::DataErr,
+    }
+}
+
+/// Reads and checks everything `send` needs before any connection is made.
+pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
+    if a.list == "-" && a.template == "-" {
+        return Err(fail(
+            Exit::Usage,
+            anyhow!("only one of --list and --template can be stdin (-)"),
+        ));
+    }
+    let conn = conn_plan(&a.conn)?;
+    // Template text first (it is small); it is parsed once the list's columns are known.
+    let template_src = if a.template == "-" {
+        let mut v = Vec::new();
+        std::io::stdin().read_to_end(&mut v).map_err(|e| {
+            fail(
+                Exit::NoInput,
+                anyhow!("cannot read the template from stdin: {e}"),
+            )
+        })?;
+        v
+    } else {
+        std::fs::read(&a.template)
+            .with_context(|| format!("cannot read the template {}", a.template))
+            .map_err(|e| fail(Exit::NoInput, e))?
+    };
+    let template_name = if a.template == "-" {
+        "<stdin>".to_string()
+    } else {
+        a.template.clone()
+    };
+    // The list: a regular file is scanned whole first, so bad data stops the run before
+    // any connection; stdin is checked as it streams.
+    let (list, list_total): (ListReader<Box<dyn Read + Send>>, Option<u64>) = if a.list == "-" {
+        let r: Box<dyn Read + Send> = Box::new(std::io::stdin());
+        (
+            ListReader::new(r, "<stdin>").map_err(|e| fail(input_exit(&e), e))?,
+            None,
+        )
+    } else {
+        let path = Path::new(&a.list);
+        let scan = scan_file(path).map_err(|e| fail(input_exit(&e), e))?;
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open the list {}", a.list))
+            .map_err(|e| fail(Exit::NoInput, e))?;
+        let r: Box<dyn Read + Send> = Box::new(std::io::BufReader::with_capacity(64 * 1024, file));
+        (
+            ListReader::new(r, &a.list).map_err(|e| fail(input_exit(&e), e))?,
+            Some(scan.rows),
+        )
+    };
+    let template = Template::parse(&template_src, &template_name, list.headers())
+        .map_err(|e| fail(Exit::DataErr, e))?;
+    let from = match (&a.from, template.from_address()) {
+        (Some(f), _) => {
+            engine::check_address(f)
+                .map_err(|e| fail(Exit::Usage, anyhow!("--from {f:?}: {e}")))?;
+            FromSource::Fixed(f.clone())
+        }
+        (None, Some(f)) => FromSource::Fixed(f),
+        (None, None)
+            if template
+                .header_names()
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case("from")) =>
+        {
+            FromSource::PerRow
+        }
+        (None, None) => {
+            return Err(fail(
+                Exit::DataErr,
+                anyhow!("{template_name}: the template has no From header; add one or give --from"),
+            ));
+        }
+    };
+    let report = a.report.as_ref().map(|path| {
+        let format = match a.format {
+            Some(FormatArg::Csv) => Format::Csv,
+            Some(FormatArg::Json) => Format::Json,
+            Some(FormatArg::Jsonl) => Format::Jsonl,
+            None => Format::from_path(path),
+        };
+        (path.clone(), format)
+    });
+    let resume = match &a.resume {
+        Some(p) => {
+            if !p.exists() {
+                return Err(fail(
+                    Exit::NoInput,
+                    anyhow!("--resume {}: no such file", p.display()),
+                ));
+            }
+            Some(
+                ResumeState::load(&p.display().to_string())
+                    .map_err(|e| fail(Exit::DataErr, anyhow!("--resume {}: {e}", p.display())))?,
+            )
+        }
+        None => None,
+    };
+    Ok(SendPlan {
+        conn,
+        list,
+        list_total,
+        template,
+        from,
+        report,
+        resume,
+        skip_unknown: a.skip_unknown,
+        connections: a.connections,
+        max_per_connection: a.max_per_connection,
+        rate: a.rate,
+        retries: a.retries,
+        retry_delay: a.retry_delay,
+        allow_duplicates: a.allow_duplicates,
+        shard: a.shard,
+        quiet: a.quiet,
+        label: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let s = Duration::from_secs(1);
+        assert_eq!(backoff(s, 1), s);
+        assert_eq!(backoff(s, 2), 2 * s);
+        assert_eq!(backoff(s, 4), 8 * s);
+        assert_eq!(backoff(s, 30), Duration::from_secs(60));
+    }
+}
