@@ -33,6 +33,10 @@ struct Report {
 #[derive(Debug, Serialize)]
 struct TlsReport {
     mode: String,
+    /// Negotiated protocol, e.g. `TLSv1.3` (from a second, identical handshake: native-tls
+    /// does not expose it).
+    version: Option<String>,
+    cipher: Option<String>,
     subject: Option<String>,
     issuer: Option<String>,
     not_after: Option<String>,
@@ -171,8 +175,24 @@ async fn probe(
             .as_deref()
             .map(describe_cert)
             .unwrap_or_default();
+        let (version, cipher) = match tls_version(&connect) {
+            Ok((v, c)) => (Some(v), Some(c)),
+            Err(e) => {
+                if verbose {
+                    eprintln!("pipemail: TLS version probe: {e}");
+                }
+                (None, None)
+            }
+        };
         TlsReport {
-            mode: format!("{tls_mode:?}").to_lowercase(),
+            mode: if tls_mode == pipemail::engine::TlsPolicy::Implicit {
+                "implicit"
+            } else {
+                "starttls"
+            }
+            .to_string(),
+            version,
+            cipher,
             subject,
             issuer,
             not_after,
@@ -294,6 +314,71 @@ async fn probe(
     })
 }
 
+/// Opens a second connection with OpenSSL directly (same trust settings) to read the
+/// negotiated TLS version and cipher, which native-tls does not expose.
+fn tls_version(o: &pipemail::driver::ConnectOptions) -> Result<(String, String), String> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+
+    let addr = (o.target.host.as_str(), o.target.port);
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+    if o.tls.insecure {
+        b.set_verify(SslVerifyMode::NONE);
+    }
+    for f in &o.tls.ca_files {
+        b.set_ca_file(f).map_err(|e| e.to_string())?;
+    }
+    let connector = b.build();
+    let name = o
+        .tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| o.target.host.clone());
+    let mut cfg = connector.configure().map_err(|e| e.to_string())?;
+    if o.tls.insecure {
+        cfg.set_verify_hostname(false);
+    }
+    let tcp = if o.session.tls == pipemail::engine::TlsPolicy::Implicit {
+        tcp
+    } else {
+        let mut r = BufReader::new(tcp);
+        let read_reply = |r: &mut BufReader<TcpStream>| -> Result<u16, String> {
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                    return Err("connection closed".into());
+                }
+                if line.len() >= 4 && line.as_bytes()[3] != b'-' || line.trim_end().len() == 3 {
+                    return line[..3].parse().map_err(|_| format!("bad reply {line:?}"));
+                }
+            }
+        };
+        read_reply(&mut r)?;
+        write!(r.get_mut(), "EHLO {}\r\n", o.session.helo_name).map_err(|e| e.to_string())?;
+        read_reply(&mut r)?;
+        r.get_mut()
+            .write_all(b"STARTTLS\r\n")
+            .map_err(|e| e.to_string())?;
+        let code = read_reply(&mut r)?;
+        if code != 220 {
+            return Err(format!("STARTTLS answered {code}"));
+        }
+        r.into_inner()
+    };
+    let ssl = cfg.connect(&name, tcp).map_err(|e| e.to_string())?;
+    let version = ssl.ssl().version_str().to_string();
+    let cipher = ssl
+        .ssl()
+        .current_cipher()
+        .map(|c| c.name().to_string())
+        .unwrap_or_default();
+    Ok((version, cipher))
+}
+
 fn describe_cert(der: &[u8]) -> (Option<String>, Option<String>, Option<String>) {
     let Ok(cert) = openssl::x509::X509::from_der(der) else {
         return (None, None, None);
@@ -326,8 +411,10 @@ fn print_human(r: &Report) {
     }
     match &r.tls {
         Some(t) => println!(
-            "TLS           {} — certificate {} (issuer {}), expires {}",
+            "TLS           {} {} {} — certificate {} (issuer {}), expires {}",
             t.mode,
+            t.version.as_deref().unwrap_or("(version unknown)"),
+            t.cipher.as_deref().unwrap_or(""),
             t.subject.as_deref().unwrap_or("?"),
             t.issuer.as_deref().unwrap_or("?"),
             t.not_after.as_deref().unwrap_or("?")
