@@ -1,10 +1,10 @@
 //! Progress bar on stderr: only when stderr is a terminal and not `--quiet`.
 //! `PIPEMAIL_FORCE_TTY=1` forces it on (the one test hook), `=0` forces it off.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 
 use crate::send::Summary;
 
@@ -21,6 +21,67 @@ pub(crate) fn enabled(quiet: bool) -> bool {
         Ok("1") => true,
         Ok("0") => false,
         _ => std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb"),
+    }
+}
+
+/// `PIPEMAIL_FORCE_TTY=1`: draw even though stderr is not a terminal.
+fn forced() -> bool {
+    std::env::var("PIPEMAIL_FORCE_TTY").as_deref() == Ok("1")
+}
+
+/// stderr as a terminal, whatever it really is. indicatif's own stderr target hides itself
+/// when stderr is not a terminal, which would make `PIPEMAIL_FORCE_TTY=1` draw nothing.
+#[derive(Debug)]
+struct ForcedStderr;
+
+impl ForcedStderr {
+    fn put(s: &str) -> std::io::Result<()> {
+        std::io::stderr().lock().write_all(s.as_bytes())
+    }
+
+    fn csi(n: usize, code: char) -> std::io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        Self::put(&format!("\x1b[{n}{code}"))
+    }
+}
+
+impl TermLike for ForcedStderr {
+    fn width(&self) -> u16 {
+        100
+    }
+
+    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+        Self::csi(n, 'A')
+    }
+
+    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+        Self::csi(n, 'B')
+    }
+
+    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+        Self::csi(n, 'C')
+    }
+
+    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+        Self::csi(n, 'D')
+    }
+
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        Self::put(&format!("{s}\n"))
+    }
+
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        Self::put(s)
+    }
+
+    fn clear_line(&self) -> std::io::Result<()> {
+        Self::put("\r\x1b[2K")
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -57,10 +118,12 @@ impl Progress {
                 bar: ProgressBar::hidden(),
             };
         }
-        let bar = match total {
-            Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+        let target = if forced() {
+            ProgressDrawTarget::term_like(Box::new(ForcedStderr))
+        } else {
+            ProgressDrawTarget::stderr()
         };
+        let bar = ProgressBar::with_draw_target(total, target);
         let template = if total.is_some() {
             "{prefix}{bar:30.cyan/blue} {pos}/{len} {per_sec} ETA {eta} {msg}"
         } else {
