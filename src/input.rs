@@ -44,7 +44,9 @@ pub const PROBLEM_NOT_UTF8: &str = "row is not valid UTF-8";
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
     /// The file could not be opened or read.
-    #[error("{file}: {error}")]
+    // The I/O error is the source, so it is not repeated here: `{:#}` (anyhow) prints
+    // "list.csv: No such file or directory (os error 2)" once.
+    #[error("{file}")]
     Io {
         /// The list's name as given by the caller (usually its path).
         file: String,
