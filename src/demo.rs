@@ -31,13 +31,26 @@ fn resolve(addr: &str) -> Result<SocketAddr, Failure> {
         .ok_or_else(|| fail(Exit::Usage, anyhow!("address {addr:?} resolves to nothing")))
 }
 
-fn wait_for_ctrl_c() -> Result<(), Failure> {
+/// Runs `ready` (which announces "Ctrl-C to stop") once the Ctrl-C handler is installed,
+/// then waits for Ctrl-C. Announcing first would leave a window in which SIGINT still
+/// killed the process outright, without the final counts.
+fn wait_for_ctrl_c(ready: impl FnOnce()) -> Result<(), Failure> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| fail(Exit::Software, e))?;
-    rt.block_on(async { tokio::signal::ctrl_c().await })
-        .map_err(|e| fail(Exit::Software, e))
+    rt.block_on(async {
+        let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+        // The first poll installs the handler.
+        tokio::select! {
+            biased;
+            r = &mut ctrl_c => return r,
+            () = std::future::ready(()) => {}
+        }
+        ready();
+        ctrl_c.await
+    })
+    .map_err(|e| fail(Exit::Software, e))
 }
 
 pub(crate) fn sink(a: &SinkArgs) -> Result<Exit, Failure> {
@@ -70,11 +83,12 @@ pub(crate) fn sink(a: &SinkArgs) -> Result<Exit, Failure> {
     let handle = SinkHandle::start(listen, cfg)
         .with_context(|| format!("cannot listen on {listen}"))
         .map_err(|e| fail(Exit::Unavailable, e))?;
-    eprintln!(
-        "pipemail sink: listening on {} (Ctrl-C to stop)",
-        handle.local_addr()
-    );
-    wait_for_ctrl_c()?;
+    wait_for_ctrl_c(|| {
+        eprintln!(
+            "pipemail sink: listening on {} (Ctrl-C to stop)",
+            handle.local_addr()
+        );
+    })?;
     let st = handle.stop();
     eprintln!(
         "pipemail sink: {} sessions, {} messages, {} recipients ({} rejected), {} bytes",
@@ -89,12 +103,13 @@ pub(crate) fn proxy(a: &ProxyArgs) -> Result<Exit, Failure> {
     let p = LatencyProxy::start(listen, upstream, a.rtt)
         .with_context(|| format!("cannot listen on {listen}"))
         .map_err(|e| fail(Exit::Unavailable, e))?;
-    eprintln!(
-        "pipemail latency-proxy: {} -> {upstream}, RTT {:?} (Ctrl-C to stop)",
-        p.local_addr(),
-        a.rtt
-    );
-    wait_for_ctrl_c()?;
+    wait_for_ctrl_c(|| {
+        eprintln!(
+            "pipemail latency-proxy: {} -> {upstream}, RTT {:?} (Ctrl-C to stop)",
+            p.local_addr(),
+            a.rtt
+        );
+    })?;
     p.stop();
     Ok(Exit::Ok)
 }
