@@ -65,6 +65,10 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             if !quiet || exit != Exit::Ok {
                 eprintln!("pipemail: {}", summary.line());
             }
+            // 69 and 75 come from a finished run, not from an error: their hints go here.
+            if let Some(h) = exit.hint() {
+                eprintln!("pipemail: hint: {h}");
+            }
             Ok(exit)
         }
         Command::CheckServer(a) => check::run(&a),
