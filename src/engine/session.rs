@@ -256,7 +256,8 @@ pub struct RoundTrips {
     /// Round trips actually waited for: the depth of the chain of replies that later sends
     /// depended on (connection greeting included).
     pub used: u64,
-    /// Round trips lock-step SMTP needs for the same exchanges: one per reply.
+    /// Round trips lock-step SMTP (with DATA) needs for the same exchanges: one per reply,
+    /// and two for a `BDAT … LAST` (DATA's 354, then the final dot).
     pub lockstep: u64,
 }
 
@@ -935,6 +936,10 @@ impl Session {
         self.gen_seen = self.gen_seen.max(p.round);
         self.rt.used = self.gen_seen;
         let verb = verb_of(p.what);
+        if verb == Verb::Bdat {
+            // Lock-step SMTP sends this message with DATA: one more wait, for the 354.
+            self.rt.lockstep += 1;
+        }
         // A 354 only ever answers DATA, and DATA is only ever answered 354 or an error:
         // anything else means replies and commands are out of step.
         let misplaced_354 = reply.code == 354 && verb != Verb::Data;
