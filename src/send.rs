@@ -127,6 +127,9 @@ impl Summary {
 struct Job {
     row: Row,
     attempts: u32,
+    /// An earlier attempt ended `unknown`: the server may have the message, so the row is
+    /// never reported `failed` or `deferred`, only `sent` or `unknown`.
+    uncertain: bool,
 }
 
 struct Retry {
@@ -665,7 +668,11 @@ fn produce(
             ctx.send_report(r);
             continue;
         }
-        ctx.queue.push(Job { row, attempts: 0 });
+        ctx.queue.push(Job {
+            row,
+            attempts: 0,
+            uncertain: false,
+        });
     }
     ctx.queue.producer_done();
 }
@@ -714,13 +721,17 @@ async fn worker(ctx: &Ctx) {
             format!("not sent: {}", ctx.error_text())
         };
         while let Some(job) = ctx.queue.take(true).await {
-            let mut r = row_report(
-                &job.row,
-                Status::Deferred,
-                Some(report::Stage::Connect),
-                job.attempts,
-            );
-            r.response = why.clone();
+            let status = if job.uncertain {
+                Status::Unknown
+            } else {
+                Status::Deferred
+            };
+            let mut r = row_report(&job.row, status, Some(report::Stage::Connect), job.attempts);
+            r.response = if job.uncertain {
+                format!("{UNCERTAIN_NOTE}; then {why}")
+            } else {
+                why.clone()
+            };
             ctx.send_report(r);
             ctx.queue.finish();
         }
@@ -952,6 +963,10 @@ fn render(
     Some(msg)
 }
 
+/// Response text of a row whose earlier attempt ended `unknown` and whose later attempts did
+/// not send it.
+const UNCERTAIN_NOTE: &str = "delivery unknown: an earlier attempt may have been delivered";
+
 fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) {
     let Some(InFlight {
         mut job,
@@ -961,9 +976,10 @@ fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) 
         return;
     };
     job.attempts += 1;
+    let was_uncertain = job.uncertain;
+    job.uncertain |= o.delivery == Delivery::Unknown;
     let status = match o.delivery {
         Delivery::Sent => Status::Sent,
-        Delivery::Rejected => Status::Failed,
         Delivery::Deferred | Delivery::Unknown
             if job.attempts <= ctx.retries && !ctx.stop.load(Ordering::SeqCst) =>
         {
@@ -971,6 +987,9 @@ fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) 
             ctx.queue.retry(job, at);
             return;
         }
+        // An earlier attempt may have been delivered: not known to have failed.
+        _ if job.uncertain => Status::Unknown,
+        Delivery::Rejected => Status::Failed,
         Delivery::Deferred => Status::Deferred,
         Delivery::Unknown => Status::Unknown,
     };
@@ -984,7 +1003,11 @@ fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) 
         .as_ref()
         .and_then(|r| r.enhanced)
         .map(|e| e.to_string());
-    r.response = o.text();
+    r.response = if was_uncertain && status == Status::Unknown {
+        format!("{UNCERTAIN_NOTE}; last attempt: {}", o.text())
+    } else {
+        o.text()
+    };
     r.message_id = message_id;
     ctx.send_report(r);
     ctx.queue.finish();

@@ -608,8 +608,9 @@ impl Session {
     fn gate_in_flight(&self) -> bool {
         self.in_flight.iter().any(|p| match p.what {
             Awaiting::Msg { verb, .. } | Awaiting::Raw(verb) => verb.ends_group(),
-            Awaiting::Rset => false,
-            _ => true,
+            // RSET gates too: had the server kept the failed transaction, a MAIL pipelined
+            // behind a refused RSET would get 503 and its RCPTs would join that transaction.
+            Awaiting::Greeting | Awaiting::Handshake(_) | Awaiting::Rset | Awaiting::Quit => true,
         })
     }
 
@@ -975,7 +976,16 @@ impl Session {
             }
             Awaiting::Handshake(v) => self.on_handshake_reply(v, reply, now),
             Awaiting::Msg { seq, verb, rcpt } => self.on_msg_reply(seq, verb, rcpt, reply),
-            Awaiting::Rset => {}
+            Awaiting::Rset => {
+                if !reply.is_positive() {
+                    // The old transaction may still be open; a new MAIL could add to it.
+                    let e = ProtocolError::UnexpectedCode {
+                        verb: Verb::Rset,
+                        reply,
+                    };
+                    self.quit_with(e.into(), now);
+                }
+            }
             Awaiting::Raw(v) => self.events.push_back(Event::RawReply(v, reply)),
             Awaiting::Quit => {
                 let err = self.quit_error.take();
@@ -1144,6 +1154,8 @@ impl Session {
                 self.active[i].rcpt[rcpt] = Some(reply);
                 let m = &self.active[i];
                 if lockstep && rcpt + 1 == m.to.len() && !accepted_any(m) {
+                    // MAIL was accepted: the transaction stays open until RSET.
+                    self.rset_needed |= m.mail.as_ref().is_some_and(Reply::is_positive);
                     self.report_envelope(i, None);
                     self.finish(i);
                 }

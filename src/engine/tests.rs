@@ -236,9 +236,10 @@ fn all_recipients_rejected_data_refused_then_rset() {
                 "MAIL FROM:<sender@example.com>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n",
                 "250 Ok\r\n550 5.1.1 no\r\n503 5.5.1 Error: no valid recipients\r\n",
             ),
+            ("RSET\r\n", "250 Ok\r\n"),
             (
-                "RSET\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<y@example.com>\r\nDATA\r\n",
-                "250 Ok\r\n250 Ok\r\n250 Ok\r\n354 go\r\n",
+                "MAIL FROM:<sender@example.com>\r\nRCPT TO:<y@example.com>\r\nDATA\r\n",
+                "250 Ok\r\n250 Ok\r\n354 go\r\n",
             ),
             (
                 "From: sender@example.com\r\n\r\nThis is a mail to y@example.com\r\n.\r\nQUIT\r\n",
@@ -322,9 +323,10 @@ fn rejected_mail_fails_its_own_recipients_not_the_next() {
                 "MAIL FROM:<sender@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n",
                 "553 5.1.8 sender rejected\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n",
             ),
+            ("RSET\r\n", "250 Ok\r\n"),
             (
-                "RSET\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n",
-                "250 Ok\r\n250 Ok\r\n250 Ok\r\n354 go\r\n",
+                "MAIL FROM:<sender@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n",
+                "250 Ok\r\n250 Ok\r\n354 go\r\n",
             ),
             (
                 "From: sender@example.com\r\n\r\nThis is a mail to b@example.com\r\n.\r\nQUIT\r\n",
@@ -351,6 +353,57 @@ fn rejected_mail_fails_its_own_recipients_not_the_next() {
             ),
         ]
     );
+}
+
+/// Regression (issue #7, found by `tests/faults.rs`): a server that refuses RSET may still
+/// hold the failed transaction. A MAIL pipelined behind the RSET got `503 nested MAIL`, its
+/// RCPT joined the old transaction, DATA got 354, and the lone dot for the "hollow" message
+/// delivered an empty message to the earlier, failed recipient. RSET now waits for its reply,
+/// and a refused RSET ends the session before any further MAIL.
+#[test]
+fn refused_rset_ends_the_session_before_the_next_mail() {
+    let r = run(
+        cfg(),
+        &[msg(1, &["a@example.com"]), msg(2, &["b@example.com"])],
+        &[
+            GREET,
+            EHLO_PIPE,
+            (
+                "MAIL FROM:<sender@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n",
+                "250 Ok\r\n250 Ok\r\n552 5.3.4 too big\r\n",
+            ),
+            ("RSET\r\n", "451 4.3.0 busy\r\n"),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ],
+    );
+    assert_eq!(
+        r.outcomes(),
+        vec![
+            (
+                1,
+                "a@example.com".into(),
+                Delivery::Rejected,
+                Stage::Data,
+                Some(552)
+            ),
+            (
+                2,
+                "b@example.com".into(),
+                Delivery::Deferred,
+                Stage::Connect,
+                None
+            ),
+        ]
+    );
+    assert!(matches!(
+        r.closed(),
+        Some(Some(SessionError::Protocol(
+            ProtocolError::UnexpectedCode {
+                verb: Verb::Rset,
+                ..
+            }
+        )))
+    ));
 }
 
 #[test]
@@ -487,6 +540,9 @@ fn lock_step_skips_data_when_every_recipient_fails() {
             EHLO_PLAIN,
             ("MAIL FROM:<sender@example.com>\r\n", "250 Ok\r\n"),
             ("RCPT TO:<a@example.com>\r\n", "550 no\r\n"),
+            // MAIL was accepted: the open transaction is reset before the next MAIL (issue #7:
+            // without it a real server answers the next MAIL `503 nested MAIL command`).
+            ("RSET\r\n", "250 Ok\r\n"),
             ("MAIL FROM:<sender@example.com>\r\n", "451 later\r\n"),
             ("QUIT\r\n", "221 bye\r\n"),
         ],
