@@ -886,7 +886,7 @@ def machine_info(binary: str, tools: dict) -> dict:
         "pipemail": out([binary, "--version"]),
         "git": out(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
         "rustc": out(["rustc", "--version"]),
-        "postfix": out([tools.get("postconf") or "postconf", "-h", "mail_version"]),
+        "postfix": out([tools.get("postconf") or "postconf", "-d", "-h", "mail_version"]),
         "swaks": out([tools["swaks"], "--version"]) if tools.get("swaks") else None,
         "python": platform.python_version(),
     }
