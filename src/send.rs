@@ -186,7 +186,7 @@ impl WorkQueue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Producer: blocks while the queue is full.
+    /// Producer: blocks while the queue is full (until a taker drains it to half).
     fn push(&self, job: Job) {
         let mut st = self.lock();
         while st.fresh.len() >= QUEUE_CAP {
@@ -224,8 +224,13 @@ impl WorkQueue {
             return Take::Job(st.retry.pop().expect("peeked").job);
         }
         if let Some(j) = st.fresh.pop_front() {
+            // Wake the producer once per half queue, not once per job: a wake-up costs a
+            // futex call and a context switch, as much CPU as sending a message.
+            let refill = st.fresh.len() == QUEUE_CAP / 2;
             drop(st);
-            self.space.notify_one();
+            if refill {
+                self.space.notify_one();
+            }
             return Take::Job(j);
         }
         if st.producer_done && st.outstanding == 0 {
@@ -470,7 +475,9 @@ pub(crate) fn run(plan: SendPlan) -> Result<Summary, Failure> {
         .map_err(|e| fail(Exit::Software, anyhow!("cannot start the list thread: {e}")))?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        // One session task per connection: a second worker thread only helps with two or
+        // more, and with one it costs cross-thread wake-ups on every reply.
+        .worker_threads(connections.clamp(1, 2) as usize)
         .enable_all()
         .build()
         .map_err(|e| fail(Exit::Software, anyhow!("cannot start the runtime: {e}")))?;
@@ -547,6 +554,39 @@ pub(crate) fn run(plan: SendPlan) -> Result<Summary, Failure> {
     Ok(summary)
 }
 
+/// How long the report thread naps between batches while rows keep coming.
+const REPORT_COALESCE: Duration = Duration::from_millis(1);
+
+/// The next message for the report thread. While rows keep coming it takes them in batches,
+/// napping `REPORT_COALESCE` whenever the channel runs dry, instead of blocking on the channel:
+/// a blocked receiver is woken by every send (a futex call and a context switch per message,
+/// more CPU than sending the message). Once a nap brings nothing, it blocks again. Rows are
+/// still written and flushed one by one, at most one nap after the message finished.
+fn next_report(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<ReportMsg>,
+    busy: &mut bool,
+) -> Option<ReportMsg> {
+    use tokio::sync::mpsc::error::TryRecvError;
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => {
+                *busy = true;
+                return Some(msg);
+            }
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if *busy => {
+                *busy = false;
+                std::thread::sleep(REPORT_COALESCE);
+            }
+            Err(TryRecvError::Empty) => {
+                let msg = rx.blocking_recv();
+                *busy = msg.is_some();
+                return msg;
+            }
+        }
+    }
+}
+
 fn write_reports(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<ReportMsg>,
     mut writer: Option<ReportWriter>,
@@ -556,7 +596,8 @@ fn write_reports(
     let mut s = Summary::default();
     let mut fatal = None;
     let mut write_error = None;
-    while let Some(msg) = rx.blocking_recv() {
+    let mut busy = false;
+    while let Some(msg) = next_report(&mut rx, &mut busy) {
         match msg {
             ReportMsg::Row(row, status) => {
                 s.rows += 1;

@@ -601,20 +601,33 @@ fn normalize_to_lf(text: &str) -> String {
 /// Appends `text` with CRLF line endings (CRLF, lone CR and LF become CRLF); makes sure it ends
 /// with CRLF if not empty.
 fn push_normalized(out: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\r' => {
+    // Line by line with `str::find` (memchr), copying whole lines: a byte-at-a-time loop
+    // here was a third of the CPU of rendering a 1 KiB message.
+    out.reserve(text.len() + text.len() / 32 + 2);
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (line, next) = match rest.find('\n') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        // CRLF is one line ending; any other CR is a line ending of its own.
+        let line = match next {
+            Some(_) => line.strip_suffix('\r').unwrap_or(line),
+            None => line,
+        };
+        for (k, part) in line.split('\r').enumerate() {
+            if k > 0 {
                 out.extend_from_slice(b"\r\n");
-                if bytes.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
             }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
+            out.extend_from_slice(part.as_bytes());
         }
-        i += 1;
+        match next {
+            Some(n) => {
+                out.extend_from_slice(b"\r\n");
+                rest = n;
+            }
+            None => rest = "",
+        }
     }
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
@@ -627,6 +640,29 @@ fn push_line(out: &mut Vec<u8>, line: &str) {
 }
 
 fn check_line_lengths(data: &[u8]) -> Result<(), RowError> {
+    // Lines end at CRLF only. Jumping from LF to LF with memchr (`str::find`) instead of
+    // testing every byte: the message is UTF-8 (built from `str`s), the slow path is a guard.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return check_line_lengths_bytewise(data);
+    };
+    let mut line = 0;
+    let mut start = 0;
+    let mut from = 0;
+    while let Some(i) = text[from..].find('\n').map(|i| from + i) {
+        from = i + 1;
+        if i > 0 && data[i - 1] == b'\r' {
+            line += 1;
+            let length = i - 1 - start;
+            if length > MAX_LINE {
+                return Err(RowError::LineTooLong { line, length });
+            }
+            start = i + 1;
+        }
+    }
+    Ok(())
+}
+
+fn check_line_lengths_bytewise(data: &[u8]) -> Result<(), RowError> {
     let mut line = 0;
     let mut start = 0;
     let mut i = 0;
