@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use pipemail::driver::{ConnectOptions, Connection, Target, TlsSettings};
@@ -445,7 +444,6 @@ fn postfix_smtpd_self_signed_rejected_without_ca() {
     };
     let r = send_all(&o, vec![message(2, "r2@example.net")]);
     assert_eq!(r.outcomes[0].delivery, Delivery::Sent);
-    let _ = PathBuf::new();
 }
 
 /// The figures quoted in issue notes: 1,000 messages, DATA-pipelined vs BDAT, from the

@@ -125,8 +125,7 @@ pub fn decode_data(encoded: &[u8]) -> Option<Vec<u8>> {
             .filter(|_| encoded.ends_with(b"\r\n.\r\n"))?]
     };
     let mut out = Vec::with_capacity(body.len());
-    for (n, line) in body.split_inclusive(|&b| b == b'\n').enumerate() {
-        let _ = n;
+    for line in body.split_inclusive(|&b| b == b'\n') {
         out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
     }
     Some(out)

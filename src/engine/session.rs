@@ -803,7 +803,6 @@ impl Session {
             }
             m.next_rcpt = n;
             if self.bdat_mode() {
-                let start = out.len();
                 let octets = body::encode_bdat_into(&m.data, out);
                 let line = self.cfg.transcript.then(|| format!("BDAT {octets} LAST"));
                 self.push(
@@ -814,7 +813,6 @@ impl Session {
                     },
                     line,
                 );
-                let _ = start;
                 m.octets = octets;
                 self.committed.push(m.id);
                 self.committed_octets += octets;
