@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use crate::driver::{ConnectError, ConnectOptions, Connection, Target, TlsSettings};
 use crate::engine::{
-    self, Delivery, Event, Message, RawCommand, Reply, RoundTrips, SessionError, TlsPolicy, Verb,
+    self, Delivery, Event, Message, PipeliningPolicy, RawCommand, Reply, RoundTrips, SessionError,
+    TlsPolicy, Verb,
 };
 
 /// One message: sender, one or many recipients, content.
@@ -117,6 +118,7 @@ pub struct Pipeliner {
     recipients: Recipients,
     raw_reply: Option<Reply>,
     closed: Option<Option<SessionError>>,
+    require_pipelining: bool,
 }
 
 impl Pipeliner {
@@ -139,8 +141,16 @@ impl Pipeliner {
     }
 
     /// Connects with full options and waits until the session is ready (EHLO, TLS, AUTH).
+    ///
+    /// With `PipeliningPolicy::Require` the session is kept even when the server does not
+    /// advertise PIPELINING, and — as in the seed module — every `pipeline` call then
+    /// returns false with the warning in `errors()[0]`, sending nothing.
     pub fn connect(mut opts: ConnectOptions) -> Result<Self, ClientError> {
         opts.session.transcript = true;
+        let require_pipelining = opts.session.pipelining == PipeliningPolicy::Require;
+        if require_pipelining {
+            opts.session.pipelining = PipeliningPolicy::Auto;
+        }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -157,6 +167,7 @@ impl Pipeliner {
             recipients: Recipients::default(),
             raw_reply: None,
             closed: None,
+            require_pipelining,
         };
         p.drive();
         if let Some(c) = p.closed.take() {
@@ -182,6 +193,14 @@ impl Pipeliner {
         self.reset();
         if self.closed.is_some() {
             return self.closed_error();
+        }
+        if self.require_pipelining && !self.pipelining() {
+            self.errors.push(PipeError {
+                command: String::new(),
+                code: 0,
+                message: "server does not advertise PIPELINING; nothing was sent".into(),
+            });
+            return false;
         }
         self.next_id += 1;
         let msg = Message {

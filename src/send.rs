@@ -17,7 +17,9 @@ use crate::config::{ConnPlan, backoff};
 use crate::exit::{Exit, Failure, fail};
 use crate::progress::Progress;
 use pipemail::driver::Connection;
-use pipemail::engine::{Delivery, Event, Extensions, Message, RcptOutcome, SessionError, Stage};
+use pipemail::engine::{
+    Delivery, Event, Extensions, Message, PipeliningPolicy, RcptOutcome, SessionError, Stage,
+};
 use pipemail::input::{DuplicateFilter, InputError, ListReader, Row};
 use pipemail::report::{
     self, Format, Journal, PreviousOutcome, ReportRow, ReportWriter, ResumeState, Status,
@@ -293,6 +295,9 @@ struct Ctx {
     limiter: Option<Mutex<Instant>>,
     rate_interval: Duration,
     live_workers: AtomicU64,
+    /// Set once the lock-step fallback warning was printed.
+    warned_lockstep: AtomicBool,
+    quiet: bool,
     any_session: AtomicBool,
     last_error: Mutex<Option<String>>,
     counters: Arc<Counters>,
@@ -440,6 +445,8 @@ pub(crate) fn run(plan: SendPlan) -> Result<Summary, Failure> {
         rate_interval: rate.map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r)),
         limiter: rate.map(|_| Mutex::new(Instant::now())),
         live_workers: AtomicU64::new(u64::from(connections)),
+        warned_lockstep: AtomicBool::new(false),
+        quiet,
         any_session: AtomicBool::new(false),
         last_error: Mutex::new(None),
         counters: Arc::new(Counters::default()),
@@ -806,6 +813,17 @@ async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                 Event::Ready => {
                     established = true;
                     ctx.any_session.store(true, Ordering::SeqCst);
+                    let s = conn.session_ref();
+                    if !s.pipelining()
+                        && ctx.conn.connect.session.pipelining == PipeliningPolicy::Auto
+                        && !ctx.quiet
+                        && !ctx.warned_lockstep.swap(true, Ordering::SeqCst)
+                    {
+                        eprintln!(
+                            "pipemail: warning: {} does not advertise PIPELINING: sending lock-step, one round trip per command",
+                            ctx.conn.connect.target
+                        );
+                    }
                 }
                 Event::Exchange(x) if ctx.conn.verbose => {
                     if !x.command.is_empty() {

@@ -2005,3 +2005,32 @@ fn self_signed_certificate_is_rejected_without_ca_file_or_insecure() {
         .args(["--ca-file", "nope.pem"]);
     expect_code(&run(c), 66);
 }
+
+#[test]
+fn server_without_pipelining_gets_lock_step_and_a_warning() {
+    let fx = Fx::new();
+    fx.write("list.csv", "email,name\na@x.example,A\nb@x.example,B\n");
+    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let sink = start_sink(SinkConfig {
+        pipelining: false,
+        keep_in_memory: true,
+        ..SinkConfig::default()
+    });
+    let mut c = fx.send(&host_of(&sink));
+    c.args(["--list", "list.csv", "--template", "t.eml"]);
+    let out = run(c);
+    expect_code(&out, 0);
+    assert!(
+        out.stderr
+            .contains("does not advertise PIPELINING: sending lock-step"),
+        "{}",
+        out.stderr
+    );
+    // 2 messages lock-step: 4 waits each, plus greeting, EHLO and QUIT.
+    assert!(
+        out.stderr.contains("11 round trips instead of 11"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(sink.messages().len(), 2);
+}

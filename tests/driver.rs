@@ -305,3 +305,28 @@ fn lock_step_commands_like_net_smtp() {
     smtp.quit().unwrap();
     server.finish();
 }
+
+#[test]
+fn require_pipelining_returns_false_with_a_warning_like_the_seed() {
+    let s = vec![
+        send(GREETING),
+        expect("EHLO client.test\r\n"),
+        send("250-fake\r\n250 8BITMIME\r\n"),
+        expect("QUIT\r\n"),
+        send("221 bye\r\n"),
+    ];
+    let server = FakeSmtp::start(vec![s]);
+    let mut o = opts(&server.host(), Duration::from_secs(10));
+    o.session.pipelining = engine::PipeliningPolicy::Require;
+    let mut smtp = Pipeliner::connect(o).unwrap();
+    assert!(!smtp.pipeline(&env(&["a@example.com"])));
+    assert_eq!(smtp.errors().len(), 1);
+    assert!(
+        smtp.errors()[0]
+            .message
+            .contains("does not advertise PIPELINING")
+    );
+    assert!(smtp.rcpts_succeeded().is_empty());
+    smtp.quit().unwrap();
+    server.finish(); // nothing but EHLO and QUIT was sent
+}
