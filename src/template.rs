@@ -544,7 +544,14 @@ impl Template {
 /// The addr-spec of the first address in the `From:` header of a rendered message
 /// (`Name <a@b>` or a bare `a@b`), if there is one and it is a valid address.
 pub fn from_address_of(rendered: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(rendered);
+    from_field_value(&String::from_utf8_lossy(rendered))
+        .as_deref()
+        .and_then(address_in)
+}
+
+/// The unfolded value of the first `From:` field of a header section (which ends at the
+/// first empty line, if any).
+fn from_field_value(text: &str) -> Option<String> {
     let mut value: Option<String> = None;
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -566,7 +573,7 @@ pub fn from_address_of(rendered: &[u8]) -> Option<String> {
             }
         }
     }
-    value.as_deref().and_then(address_in)
+    value
 }
 
 /// The addr-spec of the first mailbox of an address-list header value.
@@ -848,23 +855,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// The address of a static `From:` header in the template's header section.
 fn static_from_address(src: &str) -> Option<String> {
-    let mut value: Option<String> = None;
-    for line in src.split('\n') {
-        if line.starts_with([' ', '\t']) {
-            if let Some(v) = value.as_mut() {
-                v.push_str(line);
-            }
-            continue;
-        }
-        if value.is_some() {
-            break;
-        }
-        if let Some((name, rest)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("from") {
-                value = Some(rest.to_owned());
-            }
-        }
-    }
+    let value = from_field_value(src);
     let value = value?;
     if value.contains("{{") || value.contains("{%") || value.contains("{#") {
         return None;
