@@ -53,7 +53,11 @@ pub fn encode_data_into(body: &[u8], out: &mut Vec<u8>) {
 
 /// Appends `BDAT <n> LAST` CRLF and the normalized body of exactly `n` octets.
 pub fn encode_bdat_into(body: &[u8], out: &mut Vec<u8>) -> usize {
-    let n = normalized_len(body);
+    encode_bdat_with_len(body, normalized_len(body), out)
+}
+
+/// [`encode_bdat_into`] when `n == normalized_len(body)` is already known.
+pub fn encode_bdat_with_len(body: &[u8], n: usize, out: &mut Vec<u8>) -> usize {
     out.extend_from_slice(b"BDAT ");
     push_decimal(out, n as u64);
     out.extend_from_slice(b" LAST\r\n");

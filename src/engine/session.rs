@@ -350,6 +350,9 @@ pub struct Session {
     hs_out: Vec<u8>,
     /// Messages whose final dot / `BDAT LAST` the last `poll_transmit` appended.
     committed: Vec<MessageId>,
+    /// In-flight commands that end a group (kept as a count so the planner does not rescan
+    /// the FIFO for every message it adds).
+    gates: usize,
 }
 
 impl Session {
@@ -380,6 +383,7 @@ impl Session {
             closing_reply: false,
             hs_out: Vec::new(),
             committed: Vec::new(),
+            gates: 1,
         };
         s.in_flight.push_back(Pending {
             what: Awaiting::Greeting,
@@ -606,16 +610,16 @@ impl Session {
     // ----- planner ----------------------------------------------------------------------
 
     fn gate_in_flight(&self) -> bool {
-        self.in_flight.iter().any(|p| match p.what {
-            Awaiting::Msg { verb, .. } | Awaiting::Raw(verb) => verb.ends_group(),
-            // RSET gates too: had the server kept the failed transaction, a MAIL pipelined
-            // behind a refused RSET would get 503 and its RCPTs would join that transaction.
-            Awaiting::Greeting | Awaiting::Handshake(_) | Awaiting::Rset | Awaiting::Quit => true,
-        })
+        debug_assert_eq!(
+            self.gates,
+            self.in_flight.iter().filter(|p| is_gate(p.what)).count()
+        );
+        self.gates > 0
     }
 
     fn plan(&mut self, out: &mut Vec<u8>) {
         let pipelining = self.pipelining();
+        let bdat = self.bdat_mode();
         loop {
             if self.phase != Phase::Ready {
                 break;
@@ -630,11 +634,15 @@ impl Session {
                     continue;
                 }
             }
-            // A held body goes with the next envelope, a flush, or QUIT.
-            if let Some(i) = self
-                .active
-                .iter()
-                .position(|m| m.state == MsgState::BodyHeld)
+            // A held body goes with the next envelope, a flush, or QUIT (DATA mode only:
+            // BDAT messages are never held, so their window is not scanned here).
+            if let Some(i) = (!bdat)
+                .then(|| {
+                    self.active
+                        .iter()
+                        .position(|m| m.state == MsgState::BodyHeld)
+                })
+                .flatten()
             {
                 if !pipelining
                     || self.flush_requested
@@ -691,19 +699,23 @@ impl Session {
                 continue;
             }
             if let Some(msg) = self.queue.front() {
-                if self.bdat_mode() {
-                    let in_window = self.active.len() < self.cfg.window.max(1)
-                        && (self.active.is_empty()
-                            || self.committed_octets + body::normalized_len(&msg.data)
-                                <= self.cfg.window_bytes);
-                    if !in_window {
+                let mut octets = None;
+                if bdat {
+                    if self.active.len() >= self.cfg.window.max(1) {
                         break;
                     }
+                    let len = body::normalized_len(&msg.data);
+                    if !self.active.is_empty()
+                        && self.committed_octets + len > self.cfg.window_bytes
+                    {
+                        break;
+                    }
+                    octets = Some(len);
                 } else if self.active.iter().any(|m| m.state != MsgState::Committed) {
                     break;
                 }
                 let msg = self.queue.pop_front().expect("front() was Some");
-                self.emit_message(msg, out);
+                self.emit_message(msg, octets, out);
                 continue;
             }
             if self.quit_requested
@@ -717,7 +729,8 @@ impl Session {
         }
     }
 
-    fn emit_message(&mut self, msg: Message, out: &mut Vec<u8>) {
+    /// `octets`: the normalized body length when the caller already computed it.
+    fn emit_message(&mut self, msg: Message, octets: Option<usize>, out: &mut Vec<u8>) {
         // Local checks first: nothing malformed ever reaches the wire.
         for addr in std::iter::once(&msg.from)
             .filter(|a| !a.is_empty())
@@ -739,10 +752,12 @@ impl Session {
                 "address is not ASCII and the server does not offer SMTPUTF8",
             );
         }
-        let size = if self.caps.has(Extensions::SIZE) || self.bdat_mode() {
-            body::normalized_len(&msg.data)
-        } else {
-            0
+        let size = match octets {
+            Some(n) => n,
+            None if self.caps.has(Extensions::SIZE) || self.bdat_mode() => {
+                body::normalized_len(&msg.data)
+            }
+            None => 0,
         };
         if self.caps.size > 0 && size as u64 > self.caps.size {
             let note = format!(
@@ -803,7 +818,7 @@ impl Session {
             }
             m.next_rcpt = n;
             if self.bdat_mode() {
-                let octets = body::encode_bdat_into(&m.data, out);
+                let octets = body::encode_bdat_with_len(&m.data, size, out);
                 let line = self.cfg.transcript.then(|| format!("BDAT {octets} LAST"));
                 self.push(
                     Awaiting::Msg {
@@ -894,6 +909,7 @@ impl Session {
     }
 
     fn push(&mut self, what: Awaiting, line: Option<String>) {
+        self.gates += usize::from(is_gate(what));
         self.in_flight.push_back(Pending {
             what,
             round: self.gen_seen + 1,
@@ -932,6 +948,7 @@ impl Session {
             let e = ProtocolError::UnexpectedReply(reply.to_string());
             return self.close(Some(e.into()));
         };
+        self.gates -= usize::from(is_gate(p.what));
         self.gen_seen = self.gen_seen.max(p.round);
         self.rt.used = self.gen_seen;
         let verb = verb_of(p.what);
@@ -1327,6 +1344,7 @@ impl Session {
             self.fail_unsent(msg, Stage::Connect, &note);
         }
         self.in_flight.clear();
+        self.gates = 0;
         self.raw.clear();
         self.events.push_back(Event::Closed(err));
     }
@@ -1356,6 +1374,16 @@ fn accepted_any(m: &Msg) -> bool {
         && m.rcpt
             .iter()
             .any(|r| r.as_ref().is_some_and(Reply::is_positive))
+}
+
+/// Does a reply to this have to arrive before anything else is sent (RFC 2920 §3.1)?
+fn is_gate(what: Awaiting) -> bool {
+    match what {
+        Awaiting::Msg { verb, .. } | Awaiting::Raw(verb) => verb.ends_group(),
+        // RSET gates too: had the server kept the failed transaction, a MAIL pipelined
+        // behind a refused RSET would get 503 and its RCPTs would join that transaction.
+        Awaiting::Greeting | Awaiting::Handshake(_) | Awaiting::Rset | Awaiting::Quit => true,
+    }
 }
 
 fn verb_of(a: Awaiting) -> Verb {
