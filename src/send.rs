@@ -1,8 +1,11 @@
 //! `pipemail send`: list + template → pipelined delivery over N sessions → per-row report.
 //!
 //! Threads: one producer reads the CSV and decides per row (shard, input problem, duplicate,
-//! resume); N tokio tasks each own one SMTP session at a time; one writer thread owns the
-//! report and the progress bar. Jobs flow through a bounded queue so memory stays flat.
+//! resume); N tokio tasks each own one SMTP session at a time; one thread keeps the counts
+//! and the progress bar. A report row is written (one write, under a lock) by whichever
+//! thread decided it, at once: after a kill -9 only rows still in a pipeline can be missing
+//! from the report, so `--resume` re-sends at most one window per session. Jobs flow
+//! through a bounded queue so memory stays flat.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::Read;
@@ -276,7 +279,7 @@ impl WorkQueue {
 // ----- shared context ---------------------------------------------------------------------
 
 enum ReportMsg {
-    Row(ReportRow, Status),
+    Row(Status),
     Sanitized,
     Fatal(Failure),
 }
@@ -295,6 +298,9 @@ struct Ctx {
     limiter: Option<Mutex<Instant>>,
     rate_interval: Duration,
     live_workers: AtomicU64,
+    /// The report: written by whichever thread has the row, one row per write.
+    writer: Mutex<Option<ReportWriter>>,
+    write_error: Mutex<Option<String>>,
     /// Set once the lock-step fallback warning was printed.
     warned_lockstep: AtomicBool,
     quiet: bool,
@@ -320,9 +326,29 @@ impl std::ops::Deref for Ctx {
 }
 
 impl Ctx {
+    /// Writes the row to the report at once (so a row is never both "done" in the engine
+    /// and missing from the report for longer than this call: after a kill -9 only rows in
+    /// the pipeline can be unknown), then tells the report thread for the counts and bar.
     fn send_report(&self, row: ReportRow) {
         let status = row.status;
-        let _ = self.report.send(ReportMsg::Row(row, status));
+        {
+            let mut w = self
+                .writer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(writer) = w.as_mut() {
+                if let Err(e) = writer.write(&row) {
+                    let mut err = self
+                        .write_error
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    err.get_or_insert_with(|| e.to_string());
+                    *w = None;
+                    self.stop.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        let _ = self.report.send(ReportMsg::Row(status));
     }
 
     async fn rate_wait(&self) {
@@ -445,6 +471,8 @@ pub(crate) fn run(plan: SendPlan) -> Result<Summary, Failure> {
         rate_interval: rate.map_or(Duration::ZERO, |r| Duration::from_secs_f64(1.0 / r)),
         limiter: rate.map(|_| Mutex::new(Instant::now())),
         live_workers: AtomicU64::new(u64::from(connections)),
+        writer: Mutex::new(writer),
+        write_error: Mutex::new(None),
         warned_lockstep: AtomicBool::new(false),
         quiet,
         any_session: AtomicBool::new(false),
@@ -456,7 +484,7 @@ pub(crate) fn run(plan: SendPlan) -> Result<Summary, Failure> {
     let wctx = Arc::clone(&ctx.counters);
     let writer_thread = std::thread::Builder::new()
         .name("report".into())
-        .spawn(move || write_reports(report_rx, writer, progress, &wctx))
+        .spawn(move || write_reports(report_rx, progress, &wctx))
         .map_err(|e| {
             fail(
                 Exit::Software,
@@ -525,11 +553,19 @@ pub(crate) fn run(plan: SendPlan) -> Result<Summary, Failure> {
         ctx.sent.load(Ordering::SeqCst),
     );
     // Dropping the context closes the report channel: the writer then finishes.
-    let journal = match Arc::try_unwrap(ctx) {
-        Ok(c) => c.journal.map(|j| {
-            j.into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        }),
+    let (journal, writer, write_error) = match Arc::try_unwrap(ctx) {
+        Ok(c) => (
+            c.journal.map(|j| {
+                j.into_inner()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            }),
+            c.writer
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            c.write_error
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        ),
         Err(_) => {
             return Err(fail(
                 Exit::Software,
@@ -540,6 +576,13 @@ pub(crate) fn run(plan: SendPlan) -> Result<Summary, Failure> {
     let mut summary = writer_thread
         .join()
         .map_err(|_| fail(Exit::Software, anyhow!("report thread panicked")))??;
+    if let Some(e) = write_error {
+        return Err(fail(Exit::IoErr, anyhow!("writing the report failed: {e}")));
+    }
+    if let Some(w) = writer {
+        w.finish()
+            .map_err(|e| fail(Exit::IoErr, anyhow!("writing the report failed: {e}")))?;
+    }
     if let Some(j) = journal {
         j.finish()
             .map_err(|e| fail(Exit::IoErr, anyhow!("cannot remove the journal: {e}")))?;
@@ -596,17 +639,15 @@ fn next_report(
 
 fn write_reports(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<ReportMsg>,
-    mut writer: Option<ReportWriter>,
     progress: Progress,
     ctx: &Counters,
 ) -> Result<Summary, Failure> {
     let mut s = Summary::default();
     let mut fatal = None;
-    let mut write_error = None;
     let mut busy = false;
     while let Some(msg) = next_report(&mut rx, &mut busy) {
         match msg {
-            ReportMsg::Row(row, status) => {
+            ReportMsg::Row(status) => {
                 s.rows += 1;
                 match status {
                     Status::Sent => s.sent += 1,
@@ -614,12 +655,6 @@ fn write_reports(
                     Status::Deferred => s.deferred += 1,
                     Status::Skipped => s.skipped += 1,
                     Status::Unknown => s.unknown += 1,
-                }
-                if let (Some(w), None) = (writer.as_mut(), &write_error) {
-                    if let Err(e) = w.write(&row) {
-                        write_error = Some(e);
-                        ctx.stop.store(true, Ordering::SeqCst);
-                    }
                 }
                 progress.update(
                     &s,
@@ -635,13 +670,6 @@ fn write_reports(
         }
     }
     progress.finish();
-    if let Some(e) = write_error {
-        return Err(fail(Exit::IoErr, anyhow!("writing the report failed: {e}")));
-    }
-    if let Some(w) = writer {
-        w.finish()
-            .map_err(|e| fail(Exit::IoErr, anyhow!("writing the report failed: {e}")))?;
-    }
     if let Some(f) = fatal {
         return Err(f);
     }
