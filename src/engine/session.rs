@@ -309,8 +309,13 @@ struct Msg {
 enum Awaiting {
     Greeting,
     Handshake(Verb),
-    Msg { seq: u64, verb: Verb, rcpt: usize },
-    Rset,
+    Msg {
+        seq: u64,
+        verb: Verb,
+        rcpt: usize,
+    },
+    /// RSET; `true` when its reply gates the group.
+    Rset(bool),
     Raw(Verb),
     Quit,
 }
@@ -695,7 +700,12 @@ impl Session {
             }
             if self.rset_needed {
                 self.rset_needed = false;
-                self.emit_line(out, Awaiting::Rset, &["RSET"]);
+                // DATA mode pipelines RSET with the next envelope: nothing of that message is
+                // committed before DATA's 354, which arrives after RSET's reply, so a refused
+                // RSET can still end the session in time. A BDAT chunk would be committed in
+                // the same write, so there RSET waits for its reply.
+                let gated = bdat || !pipelining;
+                self.emit_line(out, Awaiting::Rset(gated), &["RSET"]);
                 continue;
             }
             if let Some(msg) = self.queue.front() {
@@ -991,14 +1001,20 @@ impl Session {
             }
             Awaiting::Handshake(v) => self.on_handshake_reply(v, reply, now),
             Awaiting::Msg { seq, verb, rcpt } => self.on_msg_reply(seq, verb, rcpt, reply),
-            Awaiting::Rset => {
+            Awaiting::Rset(gated) => {
                 if !reply.is_positive() {
                     // The old transaction may still be open; a new MAIL could add to it.
                     let e = ProtocolError::UnexpectedCode {
                         verb: Verb::Rset,
                         reply,
                     };
-                    self.quit_with(e.into(), now);
+                    if gated {
+                        self.quit_with(e.into(), now);
+                    } else {
+                        // The next envelope is already out: close without another byte (no
+                        // QUIT, which a server that took that DATA would read as content).
+                        return self.close(Some(e.into()));
+                    }
                 }
             }
             Awaiting::Raw(v) => self.events.push_back(Event::RawReply(v, reply)),
@@ -1382,7 +1398,8 @@ fn is_gate(what: Awaiting) -> bool {
         Awaiting::Msg { verb, .. } | Awaiting::Raw(verb) => verb.ends_group(),
         // RSET gates too: had the server kept the failed transaction, a MAIL pipelined
         // behind a refused RSET would get 503 and its RCPTs would join that transaction.
-        Awaiting::Greeting | Awaiting::Handshake(_) | Awaiting::Rset | Awaiting::Quit => true,
+        Awaiting::Rset(gated) => gated,
+        Awaiting::Greeting | Awaiting::Handshake(_) | Awaiting::Quit => true,
     }
 }
 
@@ -1390,7 +1407,7 @@ fn verb_of(a: Awaiting) -> Verb {
     match a {
         Awaiting::Greeting => Verb::Noop,
         Awaiting::Handshake(v) | Awaiting::Msg { verb: v, .. } | Awaiting::Raw(v) => v,
-        Awaiting::Rset => Verb::Rset,
+        Awaiting::Rset(_) => Verb::Rset,
         Awaiting::Quit => Verb::Quit,
     }
 }

@@ -236,10 +236,9 @@ fn all_recipients_rejected_data_refused_then_rset() {
                 "MAIL FROM:<sender@example.com>\r\nRCPT TO:<x@example.com>\r\nDATA\r\n",
                 "250 Ok\r\n550 5.1.1 no\r\n503 5.5.1 Error: no valid recipients\r\n",
             ),
-            ("RSET\r\n", "250 Ok\r\n"),
             (
-                "MAIL FROM:<sender@example.com>\r\nRCPT TO:<y@example.com>\r\nDATA\r\n",
-                "250 Ok\r\n250 Ok\r\n354 go\r\n",
+                "RSET\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<y@example.com>\r\nDATA\r\n",
+                "250 Ok\r\n250 Ok\r\n250 Ok\r\n354 go\r\n",
             ),
             (
                 "From: sender@example.com\r\n\r\nThis is a mail to y@example.com\r\n.\r\nQUIT\r\n",
@@ -323,10 +322,9 @@ fn rejected_mail_fails_its_own_recipients_not_the_next() {
                 "MAIL FROM:<sender@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n",
                 "553 5.1.8 sender rejected\r\n503 5.5.1 need MAIL\r\n503 5.5.1 need RCPT\r\n",
             ),
-            ("RSET\r\n", "250 Ok\r\n"),
             (
-                "MAIL FROM:<sender@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n",
-                "250 Ok\r\n250 Ok\r\n354 go\r\n",
+                "RSET\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n",
+                "250 Ok\r\n250 Ok\r\n250 Ok\r\n354 go\r\n",
             ),
             (
                 "From: sender@example.com\r\n\r\nThis is a mail to b@example.com\r\n.\r\nQUIT\r\n",
@@ -358,8 +356,10 @@ fn rejected_mail_fails_its_own_recipients_not_the_next() {
 /// Regression (issue #7, found by `tests/faults.rs`): a server that refuses RSET may still
 /// hold the failed transaction. A MAIL pipelined behind the RSET got `503 nested MAIL`, its
 /// RCPT joined the old transaction, DATA got 354, and the lone dot for the "hollow" message
-/// delivered an empty message to the earlier, failed recipient. RSET now waits for its reply,
-/// and a refused RSET ends the session before any further MAIL.
+/// delivered an empty message to the earlier, failed recipient. Now a refused RSET ends the
+/// session at once: in DATA mode the next envelope is already out (RSET is pipelined with it)
+/// but nothing of that message is committed before its 354, which comes after RSET's reply,
+/// so the session closes without another byte (no body, no dot, no QUIT).
 #[test]
 fn refused_rset_ends_the_session_before_the_next_mail() {
     let r = run(
@@ -372,8 +372,10 @@ fn refused_rset_ends_the_session_before_the_next_mail() {
                 "MAIL FROM:<sender@example.com>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n",
                 "250 Ok\r\n250 Ok\r\n552 5.3.4 too big\r\n",
             ),
-            ("RSET\r\n", "451 4.3.0 busy\r\n"),
-            ("QUIT\r\n", "221 bye\r\n"),
+            (
+                "RSET\r\nMAIL FROM:<sender@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n",
+                "451 4.3.0 busy\r\n503 5.5.1 nested MAIL\r\n250 Ok\r\n354 go\r\n",
+            ),
         ],
     );
     assert_eq!(
@@ -390,7 +392,7 @@ fn refused_rset_ends_the_session_before_the_next_mail() {
                 2,
                 "b@example.com".into(),
                 Delivery::Deferred,
-                Stage::Connect,
+                Stage::Mail,
                 None
             ),
         ]
