@@ -389,18 +389,9 @@ fn postfix_smtpd_data_plain() {
     if r.outcomes.is_empty() {
         return;
     }
-    // One round trip per message, plus one for the RSET after each refused transaction
-    // (it must be answered before the next MAIL), plus greeting and EHLO.
-    let refused = r
-        .outcomes
-        .iter()
-        .filter(|o| o.delivery != Delivery::Sent)
-        .count() as u64;
-    assert!(
-        r.rt.used <= 200 + refused + 3,
-        "{:?}, {refused} refused",
-        r.rt
-    );
+    // One round trip per message (RSET after a refused transaction rides with the next
+    // envelope), plus greeting and EHLO.
+    assert!(r.rt.used <= 200 + 3, "{:?}", r.rt);
     eprintln!("postfix smtpd DATA pipelined, 200 messages: {per:.3} round trips/message");
 }
 
