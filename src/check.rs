@@ -115,20 +115,8 @@ impl Prober {
 
     /// Steps until the engine waits for us or the session closes.
     async fn settle(&mut self) {
-        loop {
-            self.collect();
-            let s = self.conn.session_ref();
-            if s.is_closed() {
-                return;
-            }
-            let before = (s.in_flight(), self.conn.has_pending_write());
-            self.conn.step().await;
-            self.collect();
-            let s = self.conn.session_ref();
-            if before == (0, false) && s.in_flight() == 0 && !self.conn.has_pending_write() {
-                return;
-            }
-        }
+        self.conn.settle().await;
+        self.collect();
     }
 }
 

@@ -341,25 +341,8 @@ impl Pipeliner {
     /// Runs I/O until the engine waits for the caller (nothing to send, no reply expected),
     /// a raw reply arrived, or the session closed.
     fn drive(&mut self) {
-        loop {
-            self.collect();
-            if self.closed.is_some() || self.raw_reply.is_some() {
-                return;
-            }
-            let s = self.conn.session_ref();
-            let before = (s.in_flight(), self.conn.has_pending_write());
-            self.rt.block_on(self.conn.step());
-            self.collect();
-            let s = self.conn.session_ref();
-            if before == (0, false)
-                && s.in_flight() == 0
-                && !self.conn.has_pending_write()
-                && !s.is_closed()
-            {
-                // Nothing went out and nothing is expected: the engine waits for us.
-                return;
-            }
-        }
+        self.rt.block_on(self.conn.settle());
+        self.collect();
     }
 
     fn collect(&mut self) {

@@ -98,6 +98,22 @@ pub enum Stage {
     Body,
 }
 
+impl From<crate::engine::Stage> for Stage {
+    /// Where the engine decided an outcome; the report adds `input` for rows never sent.
+    fn from(s: crate::engine::Stage) -> Self {
+        use crate::engine::Stage as E;
+        match s {
+            E::Connect => Self::Connect,
+            E::Tls => Self::Tls,
+            E::Auth => Self::Auth,
+            E::Mail => Self::Mail,
+            E::Rcpt => Self::Rcpt,
+            E::Data => Self::Data,
+            E::Body => Self::Body,
+        }
+    }
+}
+
 macro_rules! snake_enum {
     ($ty:ident, $what:literal, $($variant:ident => $text:literal),+ $(,)?) => {
         impl $ty {

@@ -21,7 +21,7 @@ use crate::exit::{Exit, Failure, fail};
 use crate::progress::Progress;
 use pipemail::driver::Connection;
 use pipemail::engine::{
-    Delivery, Event, Extensions, Message, PipeliningPolicy, RcptOutcome, SessionError, Stage,
+    Delivery, Event, Extensions, Message, PipeliningPolicy, RcptOutcome, SessionError,
 };
 use pipemail::input::{DuplicateFilter, InputError, ListReader, Row};
 use pipemail::report::{
@@ -391,18 +391,6 @@ fn row_report(row: &Row, status: Status, stage: Option<report::Stage>, attempts:
         attempts,
         message_id: String::new(),
         finished_at: OffsetDateTime::now_utc(),
-    }
-}
-
-fn stage_of(s: Stage) -> report::Stage {
-    match s {
-        Stage::Connect => report::Stage::Connect,
-        Stage::Tls => report::Stage::Tls,
-        Stage::Auth => report::Stage::Auth,
-        Stage::Mail => report::Stage::Mail,
-        Stage::Rcpt => report::Stage::Rcpt,
-        Stage::Data => report::Stage::Data,
-        Stage::Body => report::Stage::Body,
     }
 }
 
@@ -833,7 +821,6 @@ async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
     let mut messages = 0u64;
     let mut last_rt = (0u64, 0u64);
     let mut end_error: Option<SessionError> = None;
-    let mut journal_rows: Vec<(u64, String)> = Vec::new();
     loop {
         // Events first: outcomes free window slots.
         while let Some(ev) = conn.session().poll_event() {
@@ -933,15 +920,11 @@ async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
         conn.session().take_committed(&mut committed);
         if !committed.is_empty() {
             if let Some(j) = &ctx.journal {
-                journal_rows.clear();
-                journal_rows.extend(
-                    committed
-                        .iter()
-                        .filter_map(|id| inflight.get(id))
-                        .map(|f| (f.job.row.number, f.job.row.email.clone())),
-                );
-                let rows: Vec<(u64, &str)> =
-                    journal_rows.iter().map(|(n, e)| (*n, e.as_str())).collect();
+                let rows: Vec<(u64, &str)> = committed
+                    .iter()
+                    .filter_map(|id| inflight.get(id))
+                    .map(|f| (f.job.row.number, f.job.row.email.as_str()))
+                    .collect();
                 let mut j = j.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Err(e) = j.record_in_flight(&rows) {
                     let _ = ctx.report.send(ReportMsg::Fatal(fail(
@@ -1083,7 +1066,7 @@ fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) 
     if status == Status::Sent {
         ctx.sent.fetch_add(1, Ordering::Relaxed);
     }
-    let mut r = row_report(&job.row, status, Some(stage_of(o.stage)), job.attempts);
+    let mut r = row_report(&job.row, status, Some(o.stage.into()), job.attempts);
     r.smtp_code = o.reply.as_ref().map(|r| r.code);
     r.enhanced_code = o
         .reply

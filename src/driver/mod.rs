@@ -319,6 +319,21 @@ impl Connection {
         }
     }
 
+    /// Steps until the engine waits for its caller (nothing to send, no reply expected) or
+    /// the session closes. Events stay queued in the session for the caller to drain.
+    pub async fn settle(&mut self) {
+        loop {
+            if self.session.is_closed() {
+                return;
+            }
+            let idle_before = self.session.in_flight() == 0 && !self.has_pending_write();
+            self.step().await;
+            if idle_before && self.session.in_flight() == 0 && !self.has_pending_write() {
+                return;
+            }
+        }
+    }
+
     /// Asks the engine for the next group when the previous one is fully written. Callers
     /// that journal commits call this, then [`Session::take_committed`], then
     /// [`Connection::step`] (which calls it too; a second call is a no-op).
