@@ -116,3 +116,162 @@ pub enum Fault {
         command: u64,
     },
 }
+
+/// Most sessions one `--fault` spec may name (a range is expanded into the plan).
+const MAX_SPEC_SESSIONS: u64 = 10_000;
+
+/// A fault and the sessions it applies to, as written on the command line (`--fault SPEC`):
+/// `KIND[=ARGS][@SESSIONS]`.
+///
+/// | SPEC | fault |
+/// | --- | --- |
+/// | `drop-after-bytes=N` | [`Fault::DropAfterInputBytes`]`(N)` |
+/// | `drop-before-reply=UNIT` | [`Fault::DropBeforeReply`] `{ command: UNIT, stored: false }` |
+/// | `reply-lost=UNIT` | [`Fault::DropBeforeReply`] `{ command: UNIT, stored: true }` |
+/// | `421=UNIT` | [`Fault::Reply421`] |
+/// | `reply-code=UNIT:CODE` | [`Fault::ReplyCode`] (CODE 400..=599) |
+/// | `stall=UNIT` | [`Fault::Stall`] |
+/// | `dribble` | [`Fault::DribbleReplies`] |
+/// | `mid-reply-drop=UNIT` | [`Fault::MidReplyDrop`] |
+///
+/// `UNIT` counts the client's reply-bearing units from 0 (see [`Fault`]); `SESSIONS` is `N`
+/// or `N-M` (0-based connection indices, inclusive, at most 10,000), default `0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultSpec {
+    /// The fault.
+    pub fault: Fault,
+    /// First session it applies to.
+    pub first: u64,
+    /// Last session it applies to (inclusive).
+    pub last: u64,
+}
+
+/// Why a `--fault` SPEC is invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultSpecError {
+    /// The kind is not one of the known faults.
+    #[error(
+        "unknown fault {0:?} (expected drop-after-bytes=N, drop-before-reply=UNIT, reply-lost=UNIT, 421=UNIT, reply-code=UNIT:CODE, stall=UNIT, dribble or mid-reply-drop=UNIT, optionally @SESSION or @FIRST-LAST)"
+    )]
+    Kind(String),
+    /// The kind needs an argument, or takes none.
+    #[error("fault {kind:?} {what}")]
+    Argument {
+        /// The fault kind.
+        kind: String,
+        /// What is wrong.
+        what: &'static str,
+    },
+    /// A number could not be read.
+    #[error("{0:?} is not a non-negative integer")]
+    Number(String),
+    /// A reply code outside 400..=599.
+    #[error("reply code must be 400..=599, got {0}")]
+    Code(u64),
+    /// A bad session range.
+    #[error("bad session range {0:?} (expected N or FIRST-LAST, at most 10000 sessions)")]
+    Sessions(String),
+}
+
+fn number(s: &str) -> Result<u64, FaultSpecError> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(FaultSpecError::Number(s.to_string()));
+    }
+    s.parse().map_err(|_| FaultSpecError::Number(s.to_string()))
+}
+
+impl std::str::FromStr for FaultSpec {
+    type Err = FaultSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (body, sessions) = match s.rsplit_once('@') {
+            Some((b, r)) => (b, Some(r)),
+            None => (s, None),
+        };
+        let (first, last) = match sessions {
+            None => (0, 0),
+            Some(r) => {
+                let bad = || FaultSpecError::Sessions(r.to_string());
+                let (a, b) = r.split_once('-').unwrap_or((r, r));
+                let (a, b) = (number(a).map_err(|_| bad())?, number(b).map_err(|_| bad())?);
+                if a > b || b - a >= MAX_SPEC_SESSIONS {
+                    return Err(bad());
+                }
+                (a, b)
+            }
+        };
+        let (kind, arg) = match body.split_once('=') {
+            Some((k, a)) => (k, Some(a)),
+            None => (body, None),
+        };
+        let kind_lc = kind.to_ascii_lowercase();
+        let need = |what| FaultSpecError::Argument {
+            kind: kind_lc.clone(),
+            what,
+        };
+        let unit = || -> Result<u64, FaultSpecError> {
+            number(arg.ok_or_else(|| need("needs =UNIT (a 0-based unit index)"))?)
+        };
+        let fault = match kind_lc.as_str() {
+            "drop-after-bytes" => Fault::DropAfterInputBytes(number(
+                arg.ok_or_else(|| need("needs =N (a byte count)"))?,
+            )?),
+            "drop-before-reply" => Fault::DropBeforeReply {
+                command: unit()?,
+                stored: false,
+            },
+            "reply-lost" => Fault::DropBeforeReply {
+                command: unit()?,
+                stored: true,
+            },
+            "421" | "reply-421" => Fault::Reply421 { command: unit()? },
+            "reply-code" => {
+                let arg = arg.ok_or_else(|| need("needs =UNIT:CODE, e.g. reply-code=2:451"))?;
+                let (u, c) = arg
+                    .split_once(':')
+                    .ok_or_else(|| need("needs =UNIT:CODE, e.g. reply-code=2:451"))?;
+                let code = number(c)?;
+                if !(400..=599).contains(&code) {
+                    return Err(FaultSpecError::Code(code));
+                }
+                Fault::ReplyCode {
+                    command: number(u)?,
+                    code: u16::try_from(code).map_err(|_| FaultSpecError::Code(code))?,
+                }
+            }
+            "stall" => Fault::Stall { command: unit()? },
+            "dribble" => {
+                if arg.is_some() {
+                    return Err(need("takes no argument"));
+                }
+                Fault::DribbleReplies
+            }
+            "mid-reply-drop" => Fault::MidReplyDrop { command: unit()? },
+            _ => return Err(FaultSpecError::Kind(kind.to_string())),
+        };
+        Ok(Self { fault, first, last })
+    }
+}
+
+impl FaultPlan {
+    /// Adds `fault` to session `index`'s list.
+    pub fn add(&mut self, index: u64, fault: Fault) {
+        let i = usize::try_from(index).expect("session indices of a plan fit in memory");
+        if self.sessions.len() <= i {
+            self.sessions.resize(i + 1, Vec::new());
+        }
+        self.sessions[i].push(fault);
+    }
+
+    /// The plan the specs describe, in order (the first matching fault applies).
+    pub fn from_specs<'a>(specs: impl IntoIterator<Item = &'a FaultSpec>) -> Self {
+        let mut plan = Self::default();
+        for spec in specs {
+            for index in spec.first..=spec.last {
+                plan.add(index, spec.fault);
+            }
+        }
+        plan
+    }
+}

@@ -55,11 +55,16 @@
 //! its greeting) half a round trip after the connection was accepted. TLS runs inside the delay
 //! line, so its handshake pays the round trips too. With latency zero there is no delay line.
 
+mod conn;
 mod fault;
 mod glob;
+pub mod pair;
 mod proto;
-mod session;
+pub mod server;
 mod store;
+#[cfg(test)]
+mod tests;
+mod verbs;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -74,7 +79,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use fault::{Fault, FaultPlan};
+pub use fault::{Fault, FaultPlan, FaultSpec, FaultSpecError};
+pub use server::AfterDot;
 
 /// Configuration of a sink. [`Default`] gives a plain ESMTP server with PIPELINING, CHUNKING
 /// and `SIZE 35882577`, no TLS, no AUTH, no latency and no storage.
@@ -112,6 +118,9 @@ pub struct SinkConfig {
     pub allow_plain_auth: bool,
     /// Injected faults, by session (default none).
     pub faults: Option<FaultPlan>,
+    /// What to do with commands pipelined behind the end of a message (default: accept them,
+    /// as RFC 2920 allows). See [`AfterDot`].
+    pub after_dot: AfterDot,
 }
 
 impl Default for SinkConfig {
@@ -130,6 +139,7 @@ impl Default for SinkConfig {
             auth: None,
             allow_plain_auth: false,
             faults: None,
+            after_dot: AfterDot::Accept,
         }
     }
 }
@@ -153,6 +163,7 @@ impl fmt::Debug for SinkConfig {
             )
             .field("allow_plain_auth", &self.allow_plain_auth)
             .field("faults", &self.faults)
+            .field("after_dot", &self.after_dot)
             .finish()
     }
 }
@@ -267,7 +278,7 @@ struct Counters {
 
 /// State shared by the accept loop, the sessions and the handle.
 pub(crate) struct Shared {
-    cfg: SinkConfig,
+    cfg: Arc<SinkConfig>,
     tls: Option<tokio_native_tls::TlsAcceptor>,
     maildir: Option<store::Maildir>,
     counters: Counters,
@@ -379,7 +390,7 @@ impl SinkHandle {
             TcpListener::from_std(std_listener)?
         };
         let shared = Arc::new(Shared {
-            cfg,
+            cfg: Arc::new(cfg),
             tls,
             maildir,
             counters: Counters::default(),
@@ -457,7 +468,7 @@ async fn accept_loop(
                     let index = next_index;
                     next_index += 1;
                     shared.counters.sessions.fetch_add(1, Ordering::Relaxed);
-                    sessions.spawn(session::run(stream, index, Arc::clone(&shared)));
+                    sessions.spawn(conn::run(stream, index, Arc::clone(&shared)));
                 }
                 Err(_) => {
                     // Out of descriptors or similar: back off instead of spinning.

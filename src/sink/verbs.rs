@@ -1,0 +1,427 @@
+//! The server's command verbs: EHLO/HELO, MAIL, RCPT, DATA and BDAT ends, STARTTLS, AUTH.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+
+use super::proto::{self, DotDecoder};
+use super::server::{Envelope, Event, MAX_RCPTS, Mode, Server, Txn};
+
+/// The SMTP command verbs the server knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// `EHLO`
+    Ehlo,
+    /// `HELO`
+    Helo,
+    /// `MAIL`
+    Mail,
+    /// `RCPT`
+    Rcpt,
+    /// `DATA`
+    Data,
+    /// `BDAT`
+    Bdat,
+    /// `RSET`
+    Rset,
+    /// `NOOP`
+    Noop,
+    /// `VRFY`
+    Vrfy,
+    /// `QUIT`
+    Quit,
+    /// `STARTTLS`
+    StartTls,
+    /// `AUTH`
+    Auth,
+    /// Anything else.
+    Unknown,
+}
+
+impl Verb {
+    /// Splits a command line into its verb (case-insensitive) and its argument text (leading
+    /// and trailing blanks removed).
+    pub fn split(line: &[u8]) -> (Self, &[u8]) {
+        let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+        let word = &line[..end];
+        let verb = [
+            (&b"EHLO"[..], Self::Ehlo),
+            (b"HELO", Self::Helo),
+            (b"MAIL", Self::Mail),
+            (b"RCPT", Self::Rcpt),
+            (b"DATA", Self::Data),
+            (b"BDAT", Self::Bdat),
+            (b"RSET", Self::Rset),
+            (b"NOOP", Self::Noop),
+            (b"VRFY", Self::Vrfy),
+            (b"QUIT", Self::Quit),
+            (b"STARTTLS", Self::StartTls),
+            (b"AUTH", Self::Auth),
+        ]
+        .into_iter()
+        .find_map(|(name, v)| word.eq_ignore_ascii_case(name).then_some(v))
+        .unwrap_or(Self::Unknown);
+        (verb, proto::trim(&line[end..]))
+    }
+}
+
+fn envelope(txn: Txn, via_bdat: bool) -> Envelope {
+    Envelope {
+        from: txn.from,
+        rcpts: txn.rcpts,
+        data: txn.body,
+        via_bdat,
+    }
+}
+
+impl Server {
+    /// Executes a command line.
+    pub(super) fn command(&mut self, line: &[u8]) {
+        let (verb, args) = Verb::split(line);
+        match verb {
+            Verb::Ehlo => self.ehlo(args),
+            Verb::Helo => {
+                if args.is_empty() {
+                    self.reply("501 5.5.4 Syntax: HELO hostname");
+                } else {
+                    self.helo = true;
+                    self.txn = None;
+                    let text = format!("250 {}", self.cfg.hostname);
+                    self.reply(&text);
+                }
+            }
+            Verb::Mail => self.mail(args),
+            Verb::Rcpt => {
+                if let Err(text) = self.rcpt(args) {
+                    self.event(Event::RecipientRejected);
+                    self.reply(&text);
+                }
+            }
+            Verb::Data => self.data(args),
+            // A well-formed BDAT never gets here (its chunk is framed first).
+            Verb::Bdat => self.reply("501 5.5.4 Syntax: BDAT size [LAST]"),
+            Verb::Rset => {
+                self.txn = None;
+                self.reply("250 2.0.0 Ok");
+            }
+            Verb::Noop => self.reply("250 2.0.0 Ok"),
+            Verb::Vrfy => {
+                self.reply(
+                    "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery",
+                );
+            }
+            Verb::Quit => {
+                self.reply("221 2.0.0 Bye");
+                self.quit();
+            }
+            Verb::StartTls => self.starttls(args),
+            Verb::Auth => self.auth(args),
+            Verb::Unknown => self.reply("500 5.5.2 Error: command not recognized"),
+        }
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.cfg.auth.is_some() && (self.tls_active || self.cfg.allow_plain_auth)
+    }
+
+    fn ehlo(&mut self, args: &[u8]) {
+        if args.is_empty() {
+            self.reply("501 5.5.4 Syntax: EHLO hostname");
+            return;
+        }
+        self.helo = true;
+        self.txn = None;
+        let cfg = Arc::clone(&self.cfg);
+        let mut lines = vec![cfg.hostname.clone()];
+        if cfg.pipelining {
+            lines.push("PIPELINING".into());
+        }
+        if let Some(size) = cfg.size {
+            lines.push(format!("SIZE {size}"));
+        }
+        lines.push("8BITMIME".into());
+        lines.push("ENHANCEDSTATUSCODES".into());
+        if cfg.chunking {
+            lines.push("CHUNKING".into());
+        }
+        if cfg.smtputf8 {
+            lines.push("SMTPUTF8".into());
+        }
+        if self.cfg.tls.is_some() && !self.tls_active {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        let last = lines.len() - 1;
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            let text = format!("250{sep}{line}");
+            self.reply(&text);
+        }
+    }
+
+    fn mail(&mut self, args: &[u8]) {
+        if !self.helo {
+            return self.reply("503 5.5.1 Error: send HELO/EHLO first");
+        }
+        if self.cfg.auth.is_some() && !self.authenticated {
+            return self.reply("530 5.7.0 Authentication required");
+        }
+        if self.txn.is_some() {
+            return self.reply("503 5.5.1 Error: nested MAIL command");
+        }
+        let Ok((from, params)) = proto::parse_path(args, "FROM:") else {
+            return self.reply("501 5.5.4 Syntax: MAIL FROM:<address>");
+        };
+        let mut smtputf8 = false;
+        for param in params {
+            let (key, value) = match param.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (param, None),
+            };
+            match (key.to_ascii_uppercase().as_str(), value) {
+                ("SIZE", Some(v)) => match v.parse::<u64>() {
+                    Ok(n) if n > self.size_limit => {
+                        return self.reply("552 5.3.4 Message size exceeds fixed limit");
+                    }
+                    Ok(_) => {}
+                    Err(_) => return self.reply("501 5.5.4 Bad SIZE parameter"),
+                },
+                ("BODY", Some(v))
+                    if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") => {}
+                ("SMTPUTF8", None) if self.cfg.smtputf8 => smtputf8 = true,
+                _ => {
+                    let text = format!("555 5.5.4 Unsupported option: {param}");
+                    return self.reply(&text);
+                }
+            }
+        }
+        if !from.is_ascii() && !smtputf8 {
+            return self.reply("553 5.6.7 Must declare SMTPUTF8 to send unicode address");
+        }
+        self.txn = Some(Txn {
+            from,
+            smtputf8,
+            rcpts: Vec::new(),
+            body: Vec::new(),
+            oversize: false,
+            bdat: false,
+        });
+        self.reply("250 2.1.0 Ok");
+    }
+
+    /// `Err` carries the rejection reply (the caller counts it).
+    fn rcpt(&mut self, args: &[u8]) -> Result<(), String> {
+        let Some(txn) = &self.txn else {
+            return Err("503 5.5.1 Error: need MAIL command".into());
+        };
+        let Ok((addr, params)) = proto::parse_path(args, "TO:") else {
+            return Err("501 5.5.4 Syntax: RCPT TO:<address>".into());
+        };
+        if addr.is_empty() {
+            return Err("501 5.1.3 Bad recipient address syntax".into());
+        }
+        if let Some(param) = params.first() {
+            return Err(format!("555 5.5.4 Unsupported option: {param}"));
+        }
+        if !addr.is_ascii() && !txn.smtputf8 {
+            return Err("553 5.6.7 Must declare SMTPUTF8 to send unicode address".into());
+        }
+        if txn.rcpts.len() >= MAX_RCPTS {
+            return Err("452 4.5.3 Error: too many recipients".into());
+        }
+        if let Some(rule) = self.cfg.reject.iter().find(|r| r.matches(&addr)) {
+            let enhanced = if rule.code < 500 { "4.2.0" } else { "5.1.1" };
+            return Err(format!(
+                "{} {enhanced} <{addr}>: Recipient address rejected",
+                rule.code
+            ));
+        }
+        if let Some(txn) = &mut self.txn {
+            txn.rcpts.push(addr);
+        }
+        self.reply("250 2.1.5 Ok");
+        Ok(())
+    }
+
+    fn data(&mut self, args: &[u8]) {
+        if !args.is_empty() {
+            return self.reply("501 5.5.4 Syntax: DATA");
+        }
+        if !self.helo {
+            return self.reply("503 5.5.1 Error: send HELO/EHLO first");
+        }
+        let Some(txn) = &mut self.txn else {
+            return self.reply("503 5.5.1 Error: need RCPT command");
+        };
+        if txn.bdat {
+            return self.reply("503 5.5.1 Error: DATA after BDAT");
+        }
+        if txn.rcpts.is_empty() {
+            return self.reply("554 5.5.1 Error: no valid recipients");
+        }
+        txn.body.clear();
+        txn.oversize = false;
+        self.mode = Mode::Data(DotDecoder::new());
+        self.reply("354 End data with <CR><LF>.<CR><LF>");
+    }
+
+    /// The final dot: the message to store, if the transaction can end well.
+    pub(super) fn finish_data(&mut self) -> Option<Envelope> {
+        let Some(txn) = self.txn.take() else {
+            self.reply("503 5.5.1 Error: need RCPT command");
+            return None;
+        };
+        if txn.oversize {
+            self.reply("552 5.3.4 Error: message file too big");
+            return None;
+        }
+        Some(envelope(txn, false))
+    }
+
+    /// A chunk was consumed: the message to store after `BDAT … LAST`, if any.
+    pub(super) fn finish_chunk(&mut self, size: u64, last: bool) -> Option<Envelope> {
+        if !self.cfg.chunking {
+            self.reply("502 5.5.1 Error: CHUNKING not enabled");
+            return None;
+        }
+        if !self.helo {
+            self.reply("503 5.5.1 Error: send HELO/EHLO first");
+            return None;
+        }
+        let Some(txn) = &mut self.txn else {
+            self.reply("503 5.5.1 Error: need MAIL command");
+            return None;
+        };
+        if txn.rcpts.is_empty() {
+            self.txn = None;
+            self.reply("554 5.5.1 Error: no valid recipients");
+            return None;
+        }
+        if txn.oversize {
+            self.txn = None;
+            self.reply("552 5.3.4 Error: message file too big");
+            return None;
+        }
+        txn.bdat = true;
+        if last {
+            return self.txn.take().map(|txn| envelope(txn, true));
+        }
+        let text = format!("250 2.0.0 Ok: {size} octets received");
+        self.reply(&text);
+        None
+    }
+
+    fn starttls(&mut self, args: &[u8]) {
+        if self.cfg.tls.is_none() {
+            self.reply("502 5.5.1 Error: command not implemented");
+        } else if self.tls_active {
+            self.reply("503 5.5.1 Error: TLS already active");
+        } else if !args.is_empty() {
+            self.reply("501 5.5.4 Syntax: STARTTLS");
+        } else {
+            self.reply("220 2.0.0 Ready to start TLS");
+            self.begin_tls();
+        }
+    }
+
+    fn auth(&mut self, args: &[u8]) {
+        if self.cfg.auth.is_none() {
+            return self.reply("502 5.5.1 Error: authentication not enabled");
+        }
+        if !self.helo {
+            return self.reply("503 5.5.1 Error: send HELO/EHLO first");
+        }
+        if !self.auth_offered() {
+            return self
+                .reply("538 5.7.11 Encryption required for requested authentication mechanism");
+        }
+        if self.authenticated {
+            return self.reply("503 5.5.1 Error: already authenticated");
+        }
+        if self.txn.is_some() {
+            return self.reply("503 5.5.1 Error: MAIL transaction in progress");
+        }
+        let (mechanism, initial) = proto::split_verb(args);
+        let initial = (!initial.is_empty()).then_some(initial);
+        match (mechanism.as_str(), initial) {
+            ("PLAIN", Some(response)) => self.auth_plain(response),
+            ("PLAIN", None) => {
+                self.mode = Mode::AuthPlain;
+                self.reply("334 ");
+            }
+            ("LOGIN", Some(user)) => match decode_b64(user) {
+                Some(user) => {
+                    self.mode = Mode::AuthLoginPass(user);
+                    self.reply("334 UGFzc3dvcmQ6");
+                }
+                None => self.reply("501 5.5.2 Error: cannot decode response"),
+            },
+            ("LOGIN", None) => {
+                self.mode = Mode::AuthLoginUser;
+                self.reply("334 VXNlcm5hbWU6");
+            }
+            _ => self.reply("504 5.5.4 Unrecognized authentication type"),
+        }
+    }
+
+    /// Executes an AUTH continuation line.
+    pub(super) fn auth_continue(&mut self, line: &[u8]) {
+        let mode = std::mem::replace(&mut self.mode, Mode::Command);
+        if line == b"*" {
+            return self.reply("501 5.7.0 Authentication aborted");
+        }
+        match mode {
+            Mode::AuthPlain => self.auth_plain(line),
+            Mode::AuthLoginUser => match decode_b64(line) {
+                Some(user) => {
+                    self.mode = Mode::AuthLoginPass(user);
+                    self.reply("334 UGFzc3dvcmQ6");
+                }
+                None => self.reply("501 5.5.2 Error: cannot decode response"),
+            },
+            Mode::AuthLoginPass(user) => match decode_b64(line) {
+                Some(pass) => self.auth_result(&user, &pass),
+                None => self.reply("501 5.5.2 Error: cannot decode response"),
+            },
+            _ => self.reply("503 5.5.1 Error: no AUTH exchange in progress"),
+        }
+    }
+
+    fn auth_plain(&mut self, response: &[u8]) {
+        let Some(decoded) = decode_b64(response) else {
+            return self.reply("501 5.5.2 Error: cannot decode response");
+        };
+        let parts: Vec<&[u8]> = decoded.split(|&b| b == 0).collect();
+        match parts.as_slice() {
+            [authzid, user, pass] if authzid.is_empty() || authzid == user => {
+                let (user, pass) = (user.to_vec(), pass.to_vec());
+                self.auth_result(&user, &pass);
+            }
+            _ => self.reply("535 5.7.8 Error: authentication failed"),
+        }
+    }
+
+    fn auth_result(&mut self, user: &[u8], pass: &[u8]) {
+        let ok = self
+            .cfg
+            .auth
+            .as_ref()
+            .is_some_and(|(u, p)| u.as_bytes() == user && p.as_bytes() == pass);
+        if ok {
+            self.authenticated = true;
+            self.reply("235 2.7.0 Authentication successful");
+        } else {
+            self.reply("535 5.7.8 Error: authentication failed");
+        }
+    }
+}
+
+/// Decodes a SASL response (`=` is the empty response).
+fn decode_b64(text: &[u8]) -> Option<Vec<u8>> {
+    if text == b"=" {
+        return Some(Vec::new());
+    }
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
