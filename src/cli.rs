@@ -225,6 +225,30 @@ pub(crate) struct SinkArgs {
     /// Name in the greeting.
     #[arg(long, default_value = "pipemail-sink")]
     pub(crate) hostname: String,
+    /// Refuse commands pipelined behind a message's end, like servers hardened against SMTP smuggling.
+    ///
+    /// Every command that arrives in the same read as a final dot or `BDAT … LAST`, behind it,
+    /// gets its own `503 5.5.1 Bad sequence of commands - pipelined after end of DATA` (after
+    /// the message's 250) and is not executed. Commands sent after the client saw the reply
+    /// are handled normally.
+    #[arg(long)]
+    pub(crate) refuse_after_dot: bool,
+    /// Inject a fault, to rehearse a campaign against a misbehaving server; repeatable.
+    ///
+    /// SPEC is KIND[=ARGS][@SESSIONS]. UNIT counts the client's commands from 0 after the
+    /// greeting (EHLO is 0; a final dot and a BDAT with its chunk count as one each).
+    /// SESSIONS is N or FIRST-LAST, 0-based connections in accept order (default 0).
+    /// drop-after-bytes=N: read N bytes of client input, answer what they complete, close.
+    /// drop-before-reply=UNIT: close instead of answering UNIT (a message it ends is not stored).
+    /// reply-lost=UNIT: execute UNIT (store the message), then close without its reply.
+    /// 421=UNIT: answer UNIT with 421 and close.
+    /// reply-code=UNIT:CODE: answer UNIT with CODE (400-599) instead of executing it.
+    /// stall=UNIT: from UNIT on answer nothing, keep the connection open.
+    /// dribble: write replies one byte at a time.
+    /// mid-reply-drop=UNIT: execute UNIT, send half its reply, close.
+    /// Example: --fault reply-lost=4@0 --fault 421=2@1-3
+    #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
+    pub(crate) fault: Vec<pipemail::sink::FaultSpec>,
 }
 
 #[derive(Debug, Args)]

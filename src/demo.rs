@@ -17,7 +17,7 @@ use pipemail::engine::{self, PipeliningPolicy, TlsPolicy};
 use pipemail::input::ListReader;
 use pipemail::latency::LatencyProxy;
 use pipemail::report::Format;
-use pipemail::sink::{RejectRule, SinkConfig, SinkHandle};
+use pipemail::sink::{AfterDot, FaultPlan, RejectRule, SinkConfig, SinkHandle};
 use pipemail::template::Template;
 
 /// The sample list and template, built into the binary so `demo` runs from any directory.
@@ -78,6 +78,12 @@ pub(crate) fn sink(a: &SinkArgs) -> Result<Exit, Failure> {
         latency: a.latency,
         maildir: a.maildir.clone(),
         reject,
+        faults: (!a.fault.is_empty()).then(|| FaultPlan::from_specs(&a.fault)),
+        after_dot: if a.refuse_after_dot {
+            AfterDot::Refuse
+        } else {
+            AfterDot::Accept
+        },
         ..SinkConfig::default()
     };
     let handle = SinkHandle::start(listen, cfg)

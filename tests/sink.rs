@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pipemail::sink::{
-    Fault, FaultPlan, RejectRule, SinkConfig, SinkHandle, SinkStats, StoredMessage,
+    AfterDot, Fault, FaultPlan, RejectRule, SinkConfig, SinkHandle, SinkStats, StoredMessage,
 };
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
@@ -969,4 +969,172 @@ fn stop_closes_open_sessions() {
     let mut rest = Vec::new();
     let _ = c.conn.read_to_end(&mut rest);
     assert!(rest.is_empty());
+}
+
+// ----- refuse-after-dot and `pipemail sink` flags ------------------------------------------
+
+const REFUSED: &str = "503 5.5.1 Bad sequence of commands - pipelined after end of DATA";
+
+/// Sends everything a hardened server should refuse in the same write as the final dot, then
+/// the same transaction again in lock-step, and checks the exact replies.
+fn refused_then_lock_step(c: &mut Client) {
+    c.expect("EHLO c", 250);
+    c.send(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nDATA\r\n");
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.reply().code, 354);
+    c.send(b"one\r\n.\r\nMAIL FROM:<a@x.example>\r\nRCPT TO:<c@y.example>\r\nDATA\r\n");
+    let mut lines = Vec::new();
+    for _ in 0..4 {
+        lines.push(c.line().expect("reply"));
+    }
+    assert!(
+        lines[0].starts_with("250 2.0.0 Ok: queued as "),
+        "{lines:?}"
+    );
+    assert_eq!(lines[1..], [REFUSED; 3]);
+    // After the client saw the replies, the same commands are handled normally.
+    assert_eq!(
+        send_data(c, "a@x.example", &["c@y.example"], b"two\r\n").code,
+        250
+    );
+    c.send(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<d@y.example>\r\nBDAT 5 LAST\r\nthreeNOOP\r\n");
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.line().as_deref(), Some(REFUSED));
+    c.expect("QUIT", 221);
+    assert!(c.read_to_end().is_empty());
+}
+
+#[test]
+fn refuse_after_dot_over_a_socket() {
+    let sink = start(SinkConfig {
+        after_dot: AfterDot::Refuse,
+        ..mem()
+    });
+    let mut c = Client::open(sink.local_addr());
+    refused_then_lock_step(&mut c);
+    let msgs = sink.messages();
+    let bodies: Vec<&[u8]> = msgs.iter().map(|m| m.data.as_slice()).collect();
+    assert_eq!(bodies, [&b"one\r\n"[..], b"two\r\n", b"three"]);
+    assert_eq!(msgs[1].rcpts, ["c@y.example"]);
+}
+
+#[test]
+fn drop_after_dot_over_a_socket() {
+    let sink = start(SinkConfig {
+        after_dot: AfterDot::Drop,
+        ..mem()
+    });
+    let mut c = Client::open(sink.local_addr());
+    c.expect("EHLO c", 250);
+    c.send(b"MAIL FROM:<a@x.example>\r\nRCPT TO:<b@y.example>\r\nBDAT 3 LAST\r\noneNOOP\r\n");
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.reply().code, 250);
+    assert_eq!(c.reply().code, 250);
+    assert!(c.read_to_end().is_empty(), "closed without answering NOOP");
+    assert_eq!(sink.messages().len(), 1);
+}
+
+/// `pipemail sink` started as a user would, on a free loopback port.
+struct SinkProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+}
+
+impl SinkProcess {
+    fn spawn(args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pipemail"))
+            .args(["sink", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pipemail sink");
+        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("read stderr");
+        let addr = line
+            .strip_prefix("pipemail sink: listening on ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Ctrl-C, then the exit code and the rest of stderr.
+    fn stop(mut self) -> (Option<i32>, String) {
+        let pid = self.child.id().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+        let status = self.child.wait().expect("wait for pipemail sink");
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).expect("stderr");
+        (status.code(), rest)
+    }
+}
+
+#[test]
+fn binary_refuse_after_dot_answers_as_specified() {
+    let sink = SinkProcess::spawn(&["--refuse-after-dot"]);
+    let mut c = Client::open(sink.addr);
+    refused_then_lock_step(&mut c);
+    let (code, stderr) = sink.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(", 3 messages,"), "{stderr}");
+}
+
+#[test]
+fn binary_fault_flags_apply_per_session() {
+    let sink = SinkProcess::spawn(&["--fault", "421=1", "--fault", "reply-code=0:451@1-2"]);
+    let mut c = Client::open(sink.addr);
+    c.expect("EHLO c", 250);
+    let r = c.cmd("MAIL FROM:<a@x.example>");
+    assert_eq!(r.code, 421, "{r:?}");
+    assert!(c.read_to_end().is_empty());
+    for _ in 1..=2 {
+        let mut c = Client::open(sink.addr);
+        let r = c.cmd("EHLO c");
+        assert_eq!(r.code, 451);
+        assert_eq!(r.text(), "4.0.0 Error: injected failure");
+        c.expect("QUIT", 221);
+    }
+    let mut c = Client::open(sink.addr);
+    c.expect("EHLO c", 250);
+    c.expect("QUIT", 221);
+    let (code, stderr) = sink.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("4 sessions"), "{stderr}");
+}
+
+#[test]
+fn binary_invalid_fault_spec_is_a_usage_error() {
+    for (spec, message) in [
+        ("explode=1", "unknown fault \"explode\""),
+        ("stall", "needs =UNIT"),
+        ("reply-code=3:250", "reply code must be 400..=599"),
+        ("stall=1@4-2", "bad session range"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pipemail"))
+            .args(["sink", "--listen", "127.0.0.1:0", "--fault", spec])
+            .output()
+            .expect("run pipemail");
+        assert_eq!(out.status.code(), Some(64), "{spec}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--fault <SPEC>"), "{spec}: {stderr}");
+        assert!(stderr.contains(message), "{spec}: {stderr}");
+    }
 }
