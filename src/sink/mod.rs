@@ -1,8 +1,12 @@
 //! pipemail's own SMTP server: a small, real ESMTP sink for local runs, demos, tests and fault
 //! injection (in the spirit of Postfix's smtp-sink).
 //!
+//! The protocol lives in [`server::Server`], a sans-IO state machine like the client
+//! [`crate::engine::Session`] (`handle_input(&[u8], now)`, `poll_transmit`, `poll_event`,
+//! `poll_timeout`; no sockets, no clock reads). This module is its tokio wrapper:
 //! [`SinkHandle::start`] binds a listener and serves it from its own tokio runtime on a
-//! background thread, so callers need no runtime. Accepted messages are counted
+//! background thread, so callers need no runtime. [`pair::Pair`] runs the engine against the
+//! server in memory on a virtual clock, for tests. Accepted messages are counted
 //! ([`SinkHandle::stats`]), optionally kept in memory ([`SinkHandle::messages`]) and optionally
 //! written to a Maildir, one file per message.
 //!
@@ -42,9 +46,19 @@
 //! (The one exception to "stored iff a 2xx was sent": [`SinkHandle::stop`] may cut a session
 //! between storing a message and writing its reply.)
 //!
+//! # Commands after the end of data
+//!
+//! By default commands pipelined behind a final dot or `BDAT … LAST` are processed (RFC 2920).
+//! [`SinkConfig::after_dot`] makes the sink behave like servers hardened after the 2023–24
+//! SMTP smuggling advisories: [`AfterDot::Refuse`] answers each such command (those that
+//! arrived in the same read as the end of data, behind it) with
+//! `503 5.5.1 Bad sequence of commands - pipelined after end of DATA` without executing it;
+//! [`AfterDot::Drop`] answers the end of data and closes the connection.
+//!
 //! # Faults
 //!
-//! See [`Fault`] for the exact semantics of each injected fault.
+//! See [`Fault`] for the exact semantics of each injected fault, and [`FaultSpec`] for their
+//! command-line form (`pipemail sink --fault SPEC`).
 //!
 //! # Latency
 //!
