@@ -234,6 +234,27 @@ fn the_server_idle_timeout_is_reached_only_on_request() {
 
 // ----- hardened servers (issue 11) ---------------------------------------------------------
 
+/// Hardened servers only refuse what was pipelined behind the end of data: a lock-step client
+/// sends nothing there, so every message goes out.
+#[test]
+fn hardened_servers_accept_a_lock_step_client() {
+    let msgs: Vec<Message> = (0..5)
+        .map(|i| message(i, &["a@example.net", "b@example.net"], b"body\r\n"))
+        .collect();
+    for after_dot in [AfterDot::Refuse, AfterDot::Drop] {
+        let pair = run(
+            client(PipeliningPolicy::Off, false, 1),
+            sink(|c| c.after_dot = after_dot),
+            Duration::from_millis(5),
+            &msgs,
+        );
+        let o = outcomes(&pair.events);
+        assert_eq!(o.len(), 10);
+        assert!(o.iter().all(|o| o.delivery == Delivery::Sent), "{o:?}");
+        assert_eq!(pair.stored.len(), 5);
+    }
+}
+
 /// A server that refuses commands pipelined behind the end of data answers them 503; the
 /// engine must notice and stop pipelining past the end of data, so every message goes out.
 #[test]
