@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::server::{Envelope, Event, IDLE_TIMEOUT, Server};
+use super::server::{Envelope, Event, IDLE_TIMEOUT, Server, Stored};
 use super::{Shared, StoredMessage};
 
 /// Largest single read from the client.
@@ -143,8 +143,8 @@ async fn flush(server: &mut Server, io: &mut BoxIo, out: &mut Vec<u8>) -> std::i
     }
 }
 
-/// Stores a message: queue id, Maildir file, counters; `Err` when the Maildir write failed.
-async fn store(shared: &Arc<Shared>, index: u64, envelope: Envelope) -> Result<String, ()> {
+/// Stores a message: queue id, Maildir file, counters.
+async fn store(shared: &Arc<Shared>, index: u64, envelope: Envelope) -> Stored {
     let id = shared
         .next_queue_id
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -159,7 +159,7 @@ async fn store(shared: &Arc<Shared>, index: u64, envelope: Envelope) -> Result<S
     };
     if shared.maildir.is_none() {
         shared.record(msg);
-        return Ok(queue_id);
+        return Stored::Queued(queue_id);
     }
     // The file write and the recording happen in one blocking task, so a session cut off
     // meanwhile (stop) cannot leave a stored but uncounted message.
@@ -172,7 +172,11 @@ async fn store(shared: &Arc<Shared>, index: u64, envelope: Envelope) -> Result<S
     })
     .await
     .is_ok_and(|r| r.is_ok());
-    if stored { Ok(queue_id) } else { Err(()) }
+    if stored {
+        Stored::Queued(queue_id)
+    } else {
+        Stored::Failed
+    }
 }
 
 /// Reads and throws away input until end of stream or an error.

@@ -38,7 +38,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::server::{Event as ServerEvent, Server};
+use super::server::{Event as ServerEvent, Server, Stored};
 use super::{SinkConfig, StoredMessage};
 use crate::engine;
 
@@ -304,7 +304,7 @@ impl Pair {
             match event {
                 ServerEvent::Deliver(env) => {
                     if self.fail_store {
-                        self.server.handle_stored(Err(()), self.time);
+                        self.server.handle_stored(Stored::Failed, self.time);
                         continue;
                     }
                     let queue_id = format!("{:012X}", self.next_queue_id);
@@ -317,7 +317,8 @@ impl Pair {
                         data: env.data,
                         via_bdat: env.via_bdat,
                     });
-                    self.server.handle_stored(Ok(queue_id), self.time);
+                    self.server
+                        .handle_stored(Stored::Queued(queue_id), self.time);
                 }
                 ServerEvent::RecipientRejected => self.rejected_recipients += 1,
                 // No TLS in memory: the connection ends at the handshake.

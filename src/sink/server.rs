@@ -73,6 +73,15 @@ pub struct Envelope {
     pub via_bdat: bool,
 }
 
+/// Whether the caller stored a delivered message ([`Server::handle_stored`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored under this queue id (named in the `250` reply).
+    Queued(String),
+    /// Storing failed (e.g. a Maildir write error): the reply is `451 4.3.0`.
+    Failed,
+}
+
 /// What the server asks of its caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -273,9 +282,9 @@ impl Server {
         self.process();
     }
 
-    /// The caller stored (`Ok(queue_id)`) or failed to store (`Err(())`) the message of the
-    /// last [`Event::Deliver`]. Answers it and goes on with the buffered input.
-    pub fn handle_stored(&mut self, result: Result<String, ()>, now: Instant) {
+    /// The caller stored, or failed to store, the message of the last [`Event::Deliver`].
+    /// Answers it and goes on with the buffered input.
+    pub fn handle_stored(&mut self, result: Stored, now: Instant) {
         let State::Delivering { cut, close_after } = self.state else {
             return;
         };
@@ -283,8 +292,10 @@ impl Server {
         self.state = State::Open;
         let mark = self.out.len();
         match result {
-            Ok(queue_id) => self.reply(&format!("250 2.0.0 Ok: queued as {queue_id}")),
-            Err(()) => self.reply("451 4.3.0 Error: queue file write error"),
+            Stored::Queued(queue_id) => {
+                self.reply(&format!("250 2.0.0 Ok: queued as {queue_id}"));
+            }
+            Stored::Failed => self.reply("451 4.3.0 Error: queue file write error"),
         }
         match cut {
             Cut::None => {}

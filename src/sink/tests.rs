@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::server::{AfterDot, Envelope, Event, IDLE_TIMEOUT, REFUSED_AFTER_DOT, Server};
+use super::server::{AfterDot, Envelope, Event, IDLE_TIMEOUT, REFUSED_AFTER_DOT, Server, Stored};
 use super::{Fault, FaultPlan, FaultSpec, FaultSpecError, SinkConfig};
 
 /// What a server did with some reads.
@@ -40,7 +40,7 @@ impl Run {
                 Event::Deliver(env) => {
                     self.stored.push(env);
                     let id = format!("Q{}", self.stored.len());
-                    self.server.handle_stored(Ok(id), now);
+                    self.server.handle_stored(Stored::Queued(id), now);
                 }
                 Event::RecipientRejected => self.rejected += 1,
                 Event::StartTls => {}
@@ -410,7 +410,7 @@ fn input_limit_dribble_and_store_failure() {
     s.handle_input(ONE_MESSAGE, now);
     assert!(s.is_delivering());
     assert!(matches!(s.poll_event(), Some(Event::Deliver(_))));
-    s.handle_stored(Err(()), now);
+    s.handle_stored(Stored::Failed, now);
     out.clear();
     while s.poll_transmit(now, &mut out) > 0 {}
     let text = String::from_utf8(out).expect("ascii");
