@@ -386,7 +386,9 @@ proptest! {
         pipelining in prop::sample::select(vec![PipeliningPolicy::Auto, PipeliningPolicy::Off]),
         chunking in any::<bool>(),
         window in 1usize..6,
-        after_dot in prop::sample::select(vec![AfterDot::Accept, AfterDot::Accept, AfterDot::Refuse, AfterDot::Drop]),
+        after_dot in prop::sample::select(
+            vec![AfterDot::Accept, AfterDot::Accept, AfterDot::Refuse, AfterDot::Drop],
+        ),
         max_read in prop_oneof![2 => Just(usize::MAX), 1 => 1usize..40],
         msgs in messages(),
         plan in prop::collection::vec(prop::collection::vec(fault(), 0..3), 0..SESSIONS),

@@ -1,15 +1,17 @@
 //! The tokio side of one sink connection: reads into the sans-IO [`Server`], stores what it
 //! delivers, writes its replies, runs STARTTLS, and turns its deadline into a timer.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use super::config::SinkConfig;
 use super::server::{Envelope, Event, IDLE_TIMEOUT, Server, Stored};
-use super::{Shared, StoredMessage};
+use super::store::{Maildir, SinkStats, StoredMessage};
 
 /// Largest single read from the client.
 const READ_SIZE: usize = 64 * 1024;
@@ -30,6 +32,61 @@ type BoxIo = Box<dyn Io>;
 
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) sessions: AtomicU64,
+    pub(super) messages: AtomicU64,
+    pub(super) recipients: AtomicU64,
+    pub(super) rejected_recipients: AtomicU64,
+    pub(super) bytes: AtomicU64,
+}
+
+/// State shared by the accept loop, the sessions and the handle.
+pub(super) struct Shared {
+    pub(super) cfg: Arc<SinkConfig>,
+    pub(super) tls: Option<tokio_native_tls::TlsAcceptor>,
+    pub(super) maildir: Option<Maildir>,
+    pub(super) counters: Counters,
+    pub(super) messages: Mutex<Vec<StoredMessage>>,
+    pub(super) next_queue_id: AtomicU64,
+}
+
+impl Shared {
+    /// Records an accepted message: counters, and the in-memory list if configured.
+    pub(super) fn record(&self, msg: StoredMessage) {
+        self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .recipients
+            .fetch_add(msg.rcpts.len() as u64, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(msg.data.len() as u64, Ordering::Relaxed);
+        if self.cfg.keep_in_memory {
+            self.messages
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(msg);
+        }
+    }
+
+    pub(super) fn rejected_recipient(&self) {
+        self.counters
+            .rejected_recipients
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn stats(&self) -> SinkStats {
+        let c = &self.counters;
+        SinkStats {
+            sessions: c.sessions.load(Ordering::Relaxed),
+            messages: c.messages.load(Ordering::Relaxed),
+            recipients: c.recipients.load(Ordering::Relaxed),
+            rejected_recipients: c.rejected_recipients.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Serves one accepted connection until it ends.
@@ -145,9 +202,7 @@ async fn flush(server: &mut Server, io: &mut BoxIo, out: &mut Vec<u8>) -> std::i
 
 /// Stores a message: queue id, Maildir file, counters.
 async fn store(shared: &Arc<Shared>, index: u64, envelope: Envelope) -> Stored {
-    let id = shared
-        .next_queue_id
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = shared.next_queue_id.fetch_add(1, Ordering::Relaxed);
     let queue_id = format!("{id:012X}");
     let msg = StoredMessage {
         session: index,

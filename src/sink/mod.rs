@@ -69,6 +69,7 @@
 //! its greeting) half a round trip after the connection was accepted. TLS runs inside the delay
 //! line, so its handshake pays the round trips too. With latency zero there is no delay line.
 
+mod config;
 mod conn;
 mod fault;
 mod glob;
@@ -82,8 +83,7 @@ mod verbs;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -93,248 +93,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use config::{AfterDot, RejectRule, RejectRuleError, SinkConfig, load_identity};
 pub use fault::{Fault, FaultPlan, FaultSpec, FaultSpecError};
-pub use server::AfterDot;
+pub use store::{SinkStats, StoredMessage};
 
-/// Configuration of a sink. [`Default`] gives a plain ESMTP server with PIPELINING, CHUNKING
-/// and `SIZE 35882577`, no TLS, no AUTH, no latency and no storage.
-#[derive(Clone)]
-pub struct SinkConfig {
-    /// Name used in the greeting and the EHLO reply (default `pipemail-sink`).
-    pub hostname: String,
-    /// Advertise PIPELINING (default true). The sink processes pipelined input either way.
-    pub pipelining: bool,
-    /// Advertise CHUNKING and accept `BDAT` (default true). When off, `BDAT n` still consumes
-    /// its `n` octets and is answered `502 5.5.1`.
-    pub chunking: bool,
-    /// Advertise `SIZE n` and reject larger messages with 552 (default `Some(35_882_577)`).
-    /// `None` advertises no SIZE; messages are then limited to 64 MiB.
-    pub size: Option<u64>,
-    /// Advertise SMTPUTF8 (default false). Without it a `SMTPUTF8` MAIL parameter is refused
-    /// (555), and a non-ASCII address is refused (553) unless MAIL carried `SMTPUTF8`.
-    pub smtputf8: bool,
-    /// Emulated network round-trip time (default zero: no emulation, no timers).
-    pub latency: Duration,
-    /// Maildir to store each accepted message in (created with `tmp/`, `new/`, `cur/` if
-    /// missing). One file per message, whatever the number of recipients.
-    pub maildir: Option<PathBuf>,
-    /// Keep every accepted message in memory for [`SinkHandle::messages`] (default false).
-    pub keep_in_memory: bool,
-    /// Recipient rules; the first matching rule rejects the recipient.
-    pub reject: Vec<RejectRule>,
-    /// TLS identity; when set, STARTTLS is advertised (before TLS) and supported.
-    pub tls: Option<native_tls::Identity>,
-    /// `(user, password)`; when set, AUTH PLAIN LOGIN is advertised (after STARTTLS, or always
-    /// with `allow_plain_auth`), credentials are checked, and MAIL needs a successful AUTH
-    /// (`530 5.7.0` otherwise).
-    pub auth: Option<(String, String)>,
-    /// Offer and accept AUTH without TLS (default false: AUTH before TLS gets `538 5.7.11`).
-    pub allow_plain_auth: bool,
-    /// Injected faults, by session (default none).
-    pub faults: Option<FaultPlan>,
-    /// What to do with commands pipelined behind the end of a message (default: accept them,
-    /// as RFC 2920 allows). See [`AfterDot`].
-    pub after_dot: AfterDot,
-}
-
-impl Default for SinkConfig {
-    fn default() -> Self {
-        Self {
-            hostname: "pipemail-sink".into(),
-            pipelining: true,
-            chunking: true,
-            size: Some(35_882_577),
-            smtputf8: false,
-            latency: Duration::ZERO,
-            maildir: None,
-            keep_in_memory: false,
-            reject: Vec::new(),
-            tls: None,
-            auth: None,
-            allow_plain_auth: false,
-            faults: None,
-            after_dot: AfterDot::Accept,
-        }
-    }
-}
-
-impl fmt::Debug for SinkConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SinkConfig")
-            .field("hostname", &self.hostname)
-            .field("pipelining", &self.pipelining)
-            .field("chunking", &self.chunking)
-            .field("size", &self.size)
-            .field("smtputf8", &self.smtputf8)
-            .field("latency", &self.latency)
-            .field("maildir", &self.maildir)
-            .field("keep_in_memory", &self.keep_in_memory)
-            .field("reject", &self.reject)
-            .field("tls", &self.tls.as_ref().map(|_| "<identity>"))
-            .field(
-                "auth",
-                &self.auth.as_ref().map(|(user, _)| (user, "<password>")),
-            )
-            .field("allow_plain_auth", &self.allow_plain_auth)
-            .field("faults", &self.faults)
-            .field("after_dot", &self.after_dot)
-            .finish()
-    }
-}
-
-/// Loads a TLS identity from a PEM certificate (chain) file and a PEM PKCS#8 private key file.
-pub fn load_identity(cert_pem: &Path, key_pem: &Path) -> std::io::Result<native_tls::Identity> {
-    let cert = std::fs::read(cert_pem)?;
-    let key = std::fs::read(key_pem)?;
-    native_tls::Identity::from_pkcs8(&cert, &key)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// A recipient rule: recipients matching `pattern` are rejected with `code`.
-///
-/// `pattern` is a glob where `*` matches any run of characters (including none); everything else
-/// matches itself, case-insensitively. It is matched against the whole address, without angle
-/// brackets. The reply is `<code> 5.1.1 <addr>: Recipient address rejected` for a 5xx code and
-/// `<code> 4.2.0 <addr>: Recipient address rejected` for a 4xx code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RejectRule {
-    /// Glob pattern (`*` wildcard, case-insensitive).
-    pub pattern: String,
-    /// Reply code, 400..=599 (typically 550 or 450).
-    pub code: u16,
-}
-
-impl RejectRule {
-    /// Whether `addr` matches this rule's pattern.
-    pub fn matches(&self, addr: &str) -> bool {
-        glob::matches(&self.pattern, addr)
-    }
-}
-
-/// Why a `CODE:PATTERN` string is not a [`RejectRule`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RejectRuleError {
-    /// No `:` between code and pattern.
-    #[error("expected CODE:PATTERN, e.g. 550:*@bad.example")]
-    Syntax,
-    /// The code is not a number in 400..=599.
-    #[error("reply code must be a number from 400 to 599, got {0:?}")]
-    Code(String),
-    /// The pattern is empty.
-    #[error("empty recipient pattern")]
-    EmptyPattern,
-}
-
-impl FromStr for RejectRule {
-    type Err = RejectRuleError;
-
-    /// Parses `CODE:PATTERN`, e.g. `550:*@bad.example` or `450:slow*`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (code, pattern) = s.split_once(':').ok_or(RejectRuleError::Syntax)?;
-        let code_num: u16 = code
-            .trim()
-            .parse()
-            .map_err(|_| RejectRuleError::Code(code.to_string()))?;
-        if !(400..=599).contains(&code_num) {
-            return Err(RejectRuleError::Code(code.to_string()));
-        }
-        if pattern.is_empty() {
-            return Err(RejectRuleError::EmptyPattern);
-        }
-        Ok(Self {
-            pattern: pattern.to_string(),
-            code: code_num,
-        })
-    }
-}
-
-/// A message the sink accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    /// Index of the session (0-based, in accept order) that delivered it.
-    pub session: u64,
-    /// The queue id given in the `250 2.0.0 Ok: queued as <id>` reply (also in the Maildir
-    /// file name).
-    pub queue_id: String,
-    /// The MAIL FROM address, without angle brackets (empty for `<>`).
-    pub from: String,
-    /// Recipients whose RCPT got a 2xx reply, in order.
-    pub rcpts: Vec<String>,
-    /// The content exactly as received (see the [module documentation](self)).
-    pub data: Vec<u8>,
-    /// Whether it came with BDAT (else DATA).
-    pub via_bdat: bool,
-}
-
-/// Counters of a sink.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SinkStats {
-    /// Connections accepted.
-    pub sessions: u64,
-    /// Messages stored.
-    pub messages: u64,
-    /// Recipients of the stored messages (one per accepted RCPT of a stored message).
-    pub recipients: u64,
-    /// RCPT commands answered with a 4xx or 5xx reply (rules, limits, syntax, injected faults).
-    pub rejected_recipients: u64,
-    /// Octets of stored message content.
-    pub bytes: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    sessions: AtomicU64,
-    messages: AtomicU64,
-    recipients: AtomicU64,
-    rejected_recipients: AtomicU64,
-    bytes: AtomicU64,
-}
-
-/// State shared by the accept loop, the sessions and the handle.
-pub(crate) struct Shared {
-    cfg: Arc<SinkConfig>,
-    tls: Option<tokio_native_tls::TlsAcceptor>,
-    maildir: Option<store::Maildir>,
-    counters: Counters,
-    messages: Mutex<Vec<StoredMessage>>,
-    next_queue_id: AtomicU64,
-}
-
-impl Shared {
-    /// Records an accepted message: counters, and the in-memory list if configured.
-    fn record(&self, msg: StoredMessage) {
-        self.counters.messages.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .recipients
-            .fetch_add(msg.rcpts.len() as u64, Ordering::Relaxed);
-        self.counters
-            .bytes
-            .fetch_add(msg.data.len() as u64, Ordering::Relaxed);
-        if self.cfg.keep_in_memory {
-            self.messages
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(msg);
-        }
-    }
-
-    fn rejected_recipient(&self) {
-        self.counters
-            .rejected_recipients
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn stats(&self) -> SinkStats {
-        let c = &self.counters;
-        SinkStats {
-            sessions: c.sessions.load(Ordering::Relaxed),
-            messages: c.messages.load(Ordering::Relaxed),
-            recipients: c.recipients.load(Ordering::Relaxed),
-            rejected_recipients: c.rejected_recipients.load(Ordering::Relaxed),
-            bytes: c.bytes.load(Ordering::Relaxed),
-        }
-    }
-}
+use conn::{Counters, Shared};
 
 /// A running sink. Dropping it stops the sink like [`SinkHandle::stop`].
 pub struct SinkHandle {

@@ -38,8 +38,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::config::SinkConfig;
 use super::server::{Event as ServerEvent, Server, Stored};
-use super::{SinkConfig, StoredMessage};
+use super::store::StoredMessage;
 use crate::engine;
 
 /// Steps [`Pair::drive`] takes before it gives up (a livelock).

@@ -24,10 +24,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::SinkConfig;
+pub use super::config::AfterDot;
+use super::config::SinkConfig;
 use super::fault::Fault;
+pub use super::proto::Verb;
 use super::proto::{self, DotDecoder, LineScan};
-pub use super::verbs::Verb;
 
 /// A client that sends nothing (and reads nothing) for this long gets `421 4.4.2` and is
 /// disconnected (RFC 5321 §4.5.3.2.7 suggests 5 minutes).
@@ -39,26 +40,6 @@ pub(super) const UNLIMITED_SIZE: u64 = 64 * 1024 * 1024;
 /// The reply to every command pipelined behind an end of data with [`AfterDot::Refuse`].
 pub const REFUSED_AFTER_DOT: &str =
     "503 5.5.1 Bad sequence of commands - pipelined after end of DATA";
-
-/// What the server does with commands that arrive pipelined behind the end of a message (the
-/// final dot, or `BDAT … LAST`): bytes it had already received when it processed the end,
-/// before it had answered it.
-///
-/// Servers hardened after the 2023–24 SMTP smuggling advisories refuse such commands or drop
-/// the connection; RFC 2920 allows the pipelining, so [`AfterDot::Accept`] is the default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AfterDot {
-    /// Process them normally (RFC 2920).
-    #[default]
-    Accept,
-    /// Answer each of them, in order after the end's own reply, with
-    /// [`REFUSED_AFTER_DOT`] and do not execute it: a transaction they begin never happens.
-    /// A `BDAT` among them still consumes its chunk.
-    Refuse,
-    /// Answer the end of data as usual (storing the message), then close the connection
-    /// without reading or answering what follows.
-    Drop,
-}
 
 /// A message the server accepted, to be stored by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,41 @@
-//! Maildir storage of accepted messages.
+//! Accepted messages: what the sink keeps of them, its counters, and Maildir storage.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A message the sink accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Index of the session (0-based, in accept order) that delivered it.
+    pub session: u64,
+    /// The queue id given in the `250 2.0.0 Ok: queued as <id>` reply (also in the Maildir
+    /// file name).
+    pub queue_id: String,
+    /// The MAIL FROM address, without angle brackets (empty for `<>`).
+    pub from: String,
+    /// Recipients whose RCPT got a 2xx reply, in order.
+    pub rcpts: Vec<String>,
+    /// The content exactly as received (see the [sink documentation](super)).
+    pub data: Vec<u8>,
+    /// Whether it came with BDAT (else DATA).
+    pub via_bdat: bool,
+}
+
+/// Counters of a sink.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    /// Connections accepted.
+    pub sessions: u64,
+    /// Messages stored.
+    pub messages: u64,
+    /// Recipients of the stored messages (one per accepted RCPT of a stored message).
+    pub recipients: u64,
+    /// RCPT commands answered with a 4xx or 5xx reply (rules, limits, syntax, injected faults).
+    pub rejected_recipients: u64,
+    /// Octets of stored message content.
+    pub bytes: u64,
+}
 
 /// A Maildir (`tmp/`, `new/`, `cur/`), written the classic way: the file is created in `tmp/`
 /// and renamed into `new/` once complete, so readers never see a partial message.

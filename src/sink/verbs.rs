@@ -4,66 +4,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
-use super::proto::{self, DotDecoder};
+use super::proto::{self, DotDecoder, Verb};
 use super::server::{Envelope, Event, MAX_RCPTS, Mode, Server, Txn};
-
-/// The SMTP command verbs the server knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verb {
-    /// `EHLO`
-    Ehlo,
-    /// `HELO`
-    Helo,
-    /// `MAIL`
-    Mail,
-    /// `RCPT`
-    Rcpt,
-    /// `DATA`
-    Data,
-    /// `BDAT`
-    Bdat,
-    /// `RSET`
-    Rset,
-    /// `NOOP`
-    Noop,
-    /// `VRFY`
-    Vrfy,
-    /// `QUIT`
-    Quit,
-    /// `STARTTLS`
-    StartTls,
-    /// `AUTH`
-    Auth,
-    /// Anything else.
-    Unknown,
-}
-
-impl Verb {
-    /// Splits a command line into its verb (case-insensitive) and its argument text (leading
-    /// and trailing blanks removed).
-    pub fn split(line: &[u8]) -> (Self, &[u8]) {
-        let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-        let word = &line[..end];
-        let verb = [
-            (&b"EHLO"[..], Self::Ehlo),
-            (b"HELO", Self::Helo),
-            (b"MAIL", Self::Mail),
-            (b"RCPT", Self::Rcpt),
-            (b"DATA", Self::Data),
-            (b"BDAT", Self::Bdat),
-            (b"RSET", Self::Rset),
-            (b"NOOP", Self::Noop),
-            (b"VRFY", Self::Vrfy),
-            (b"QUIT", Self::Quit),
-            (b"STARTTLS", Self::StartTls),
-            (b"AUTH", Self::Auth),
-        ]
-        .into_iter()
-        .find_map(|(name, v)| word.eq_ignore_ascii_case(name).then_some(v))
-        .unwrap_or(Self::Unknown);
-        (verb, proto::trim(&line[end..]))
-    }
-}
 
 fn envelope(txn: Txn, via_bdat: bool) -> Envelope {
     Envelope {
