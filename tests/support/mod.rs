@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+/// Exim, OpenSMTPD and a hardened Postfix (issue 11), in their own file.
+pub mod mta;
+
 /// Environment variable that turns a missing server into a test failure.
 pub const REQUIRE_INTEROP_ENV: &str = "PIPEMAIL_REQUIRE_INTEROP";
 
