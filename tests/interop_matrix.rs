@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use pipemail::report::{ReportRow, Status};
 use support::mta::{ScriptedMta, strip_received};
+use support::refusing::{AfterDot, RefusingServer};
 use support::{AioSmtpd, PostfixSmtpd, SmtpSink, crlf_to_lf, strip_delivery_headers};
 
 const ROWS: u64 = 200;
@@ -481,5 +482,43 @@ fn opensmtpd_lock_step() {
         "OpenSMTPD 6.8",
         "lock-step DATA",
         &["--tls", "none"],
+    );
+}
+
+/// The scripted server that answers every command pipelined after the end-of-data dot with
+/// `503 5.5.0 Error: pipelined after end of DATA` (none of the real servers here does): no
+/// row may fail for it, and every message is stored exactly once. Today's engine pipelines
+/// the next envelope with the dot and reports those 503s as failed rows.
+#[test]
+#[ignore = "needs engine step-down (issue 11)"]
+fn refusing_after_the_dot_scripted() {
+    let server = RefusingServer::start(AfterDot::Refuse);
+    let run = send(server.addr(), &["--tls", "none"]);
+    // The scripted server accepts every recipient.
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let mut run = run;
+    run.code = Some(1);
+    let counts = check_report("refusing server", Policy::AcceptAll, &run);
+    let mut got: HashMap<u64, u32> = HashMap::new();
+    for m in server.messages() {
+        let row = x_row(&m.data).expect("X-Row header");
+        assert_eq!(m.to, [email(row)], "row {row}: envelope");
+        assert_eq!(
+            String::from_utf8_lossy(&m.data),
+            String::from_utf8_lossy(&rendered(row)),
+            "row {row}: body differs"
+        );
+        *got.entry(row).or_default() += 1;
+    }
+    let mut rows: Vec<u64> = got.keys().copied().collect();
+    rows.sort_unstable();
+    assert_eq!(rows, sent_rows(&run));
+    assert!(got.values().all(|&n| n == 1), "a row stored twice");
+    table_line(
+        "scripted, 503 after dot",
+        "pipelined DATA",
+        counts,
+        &format!("{} stored, exact", got.len()),
+        &run,
     );
 }
