@@ -452,8 +452,12 @@ fn scripted(mta: Option<ScriptedMta>, server: &str, mode: &str, args: &[&str]) {
 /// recipient refused, the `BDAT n LAST` pipelined behind them): the next envelope's MAIL,
 /// pipelined before that reply, gets `503 sender already given`, and its RCPT and BDAT then
 /// join the old transaction, so the message is delivered while its row says `failed` (row 4
-/// behind the deferred row 3). Postfix resets the transaction itself. Needs the engine to
-/// send RSET (or stop pipelining the next MAIL) after a BDAT whose recipients all failed.
+/// behind the deferred row 3). Postfix resets the transaction itself. With the engine's
+/// step-down (branch `engine`, tried 2026-12-02) that `503 sender already given` is taken
+/// for a refusal of after-dot pipelining: the RCPT 250 and BDAT 250 that follow are ignored
+/// and the message is sent again, so Exim delivers it twice (and, after three such
+/// protocol errors, drops the connection). Needs the engine to send RSET before the next
+/// MAIL after a BDAT whose recipients all failed.
 #[test]
 #[ignore = "needs engine: RSET after a refused BDAT LAST; Exim keeps the sender (issue 11)"]
 fn exim_bdat() {

@@ -4,7 +4,7 @@
 //! It advertises PIPELINING, 8BITMIME and ENHANCEDSTATUSCODES (no CHUNKING) and accepts
 //! every sender and recipient. When a message's final dot arrives, it first collects every
 //! complete command line the client already sent after the dot (pending on the socket, with
-//! a 200 ms grace for a late segment; a client that waits for the reply costs that much per
+//! a 50 ms grace for a late segment; a client that waits for the reply costs that much per
 //! message), then answers the dot and, in the same write, refuses each collected command:
 //! [`AfterDot::Refuse`] answers `503 5.5.0 Error: pipelined after end of DATA`,
 //! [`AfterDot::Close`] closes the connection instead. A client that pipelines never waits on
@@ -177,7 +177,7 @@ fn serve(stream: TcpStream, mode: AfterDot, shared: &Mutex<Shared>) -> std::io::
                 let data = read_data(&mut r)?;
                 // Collect what the client sent after the dot before this reply.
                 let mut late = Vec::new();
-                while pending(&r, Duration::from_millis(200))? {
+                while pending(&r, Duration::from_millis(50))? {
                     let mut l = String::new();
                     if r.read_line(&mut l)? == 0 {
                         break;
