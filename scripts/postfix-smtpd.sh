@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Private, loopback-only Postfix smtpd instance for pipemail's interop tests and benchmarks.
 #
-#   scripts/postfix-smtpd.sh start DIR PORT   set up DIR and start an instance on 127.0.0.1:PORT
+#   scripts/postfix-smtpd.sh start DIR PORT [MODE]
+#                                             set up DIR and start an instance on 127.0.0.1:PORT
 #   scripts/postfix-smtpd.sh stop DIR         stop the instance that lives in DIR
 #
 # Layout of DIR:
@@ -23,6 +24,14 @@
 #     transport is error:, DNS is off.
 #   - No throttling: in_flow_delay, error sleep and rate limits are off.
 #
+# MODE is `default` (as above) or `hardened`: configured the way operators now run Postfix
+# after the 2023-24 SMTP smuggling advisories, with
+#   smtpd_forbid_unauth_pipelining = yes      (the default from Postfix 3.9)
+#   smtpd_data_restrictions = reject_unauth_pipelining
+#   smtpd_forbid_bare_newline = yes           (with no exclusions; 3.7.11 was measured to
+#                                              still accept a bare LF inside DATA)
+# and everything else as in the default mode.
+#
 # Several instances (different DIR and PORT) can run at the same time. Must run as root.
 #
 # Environment: POSTFIX (path of the postfix command, default: postfix on PATH or
@@ -35,7 +44,7 @@ die() {
 }
 
 usage() {
-    echo "usage: $0 start DIR PORT | stop DIR" >&2
+    echo "usage: $0 start DIR PORT [default|hardened] | stop DIR" >&2
     exit 2
 }
 
@@ -89,7 +98,7 @@ probe_220() {
 }
 
 write_config() {
-    local dir="$1" port="$2" uid gid
+    local dir="$1" port="$2" mode="$3" uid gid
     uid=$(id -u nobody)
     gid=$(id -g nobody)
 
@@ -163,7 +172,6 @@ smtpd_helo_required = no
 
 # No throttling.
 in_flow_delay = 0s
-smtpd_forbid_unauth_pipelining = no
 smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 smtpd_client_message_rate_limit = 0
@@ -185,6 +193,24 @@ smtpd_tls_session_cache_database =
 smtpd_tls_loglevel = 0
 smtp_tls_security_level = none
 EOF
+
+    if [[ "$mode" == hardened ]]; then
+        cat >>"$dir/etc/main.cf" <<'EOF'
+
+# Hardened against SMTP smuggling and unauthorized pipelining (mode "hardened").
+smtpd_forbid_unauth_pipelining = yes
+smtpd_data_restrictions = reject_unauth_pipelining
+smtpd_forbid_bare_newline = yes
+# The default exclusion is $mynetworks, which holds 127.0.0.0/8 here: no exclusions.
+smtpd_forbid_bare_newline_exclusions =
+EOF
+    else
+        cat >>"$dir/etc/main.cf" <<'EOF'
+
+# Not hardened (mode "default"): Postfix 3.9's default would be yes.
+smtpd_forbid_unauth_pipelining = no
+EOF
+    fi
 
     # Only the listener plus the internal services this instance uses; no chroot.
     cat >"$dir/etc/master.cf" <<EOF
@@ -237,10 +263,11 @@ make_cert() {
 }
 
 cmd_start() {
-    local dir="$1" port="$2" postfix timeout pid deadline
+    local dir="$1" port="$2" mode="${3:-default}" postfix timeout pid deadline
     if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
         die "bad port: $port"
     fi
+    [[ "$mode" == default || "$mode" == hardened ]] || die "bad mode: $mode"
     [[ $EUID -eq 0 ]] || die "must run as root"
     postfix=$(find_postfix)
     timeout="${START_TIMEOUT:-20}"
@@ -267,7 +294,7 @@ cmd_start() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "127.0.0.1:$port is already in use"
     fi
-    write_config "$dir" "$port"
+    write_config "$dir" "$port" "$mode"
     [[ -s "$dir/tls/cert.pem" && -s "$dir/tls/key.pem" ]] || make_cert "$dir"
     # Postfix re-reads a main.cf modified within the last second until it is older (a guard
     # against half-written files): backdate the fresh files so check/start do not stall ~2 s.
@@ -292,7 +319,7 @@ cmd_start() {
         if probe_220 "$port"; then
             pid=$(master_pid "$dir")
             [[ -n "$pid" ]] || die "port $port answers but the instance in $dir is not running"
-            echo "postfix smtpd (master pid $pid) ready on 127.0.0.1:$port, dir $dir"
+            echo "postfix smtpd ($mode, master pid $pid) ready on 127.0.0.1:$port, dir $dir"
             return 0
         fi
         if [[ -s "$dir/spool/pid/master.pid" && -z "$(master_pid "$dir")" ]]; then
@@ -336,8 +363,8 @@ cmd_stop() {
 
 case "${1:-}" in
 start)
-    [[ $# -eq 3 ]] || usage
-    cmd_start "$2" "$3"
+    [[ $# -eq 3 || $# -eq 4 ]] || usage
+    cmd_start "$2" "$3" "${4:-default}"
     ;;
 stop)
     [[ $# -eq 2 ]] || usage

@@ -189,6 +189,13 @@ pub(crate) struct CheckArgs {
     /// NOOPs to time for the round-trip measurement.
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub(crate) probes: u32,
+    /// Send ONE real message to ADDR with a NOOP pipelined after its final dot: tests whether
+    /// the server takes commands pipelined across messages (some refuse them with 503).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) probe_rcpt: Option<String>,
+    /// Sender (MAIL FROM and From:) of the --probe-rcpt message (default: ADDR itself).
+    #[arg(long, value_name = "ADDR", requires = "probe_rcpt")]
+    pub(crate) probe_from: Option<String>,
 }
 
 #[derive(Debug, Args)]

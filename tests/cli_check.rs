@@ -300,6 +300,17 @@ fn check_server_over_starttls_reports_the_certificate() {
     expect_code(&out, 0);
     let v = json(&out);
     assert_eq!(v["tls"]["mode"], "starttls", "{v}");
+    // Version and cipher come from a second handshake whose STARTTLS the engine drives.
+    assert!(
+        v["tls"]["version"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("TLSv1.")),
+        "{v}"
+    );
+    assert!(
+        v["tls"]["cipher"].as_str().is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
     assert!(
         v["tls"]["subject"]
             .as_str()

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
+use support::mta::{ScriptedMta, strip_received};
 use support::{AioSmtpd, PostfixSmtpd, SmtpSink, crlf_to_lf, strip_delivery_headers};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -358,6 +359,148 @@ fn aiosmtpd_has_no_pipelining_and_stores_message() {
     );
 }
 
+/// Sends `MAIL`, `RCPT`, `DATA` in one write, then the message, its dot and `NOOP` in one
+/// write: the next command pipelined right after the end-of-data dot (issue 11). Returns
+/// the replies to the four commands and the final one, as `(code, text)`.
+fn after_dot_noop(c: &mut Conn, message: &[u8]) -> Vec<(u16, String)> {
+    c.send(b"MAIL FROM:<sender@example.org>\r\nRCPT TO:<rcpt@example.net>\r\nDATA\r\n");
+    let mut replies: Vec<(u16, String)> = (0..3)
+        .map(|_| c.reply())
+        .map(|r| (r.code, r.lines.join(" ")))
+        .collect();
+    let mut tail = dot_stuff(message);
+    tail.extend_from_slice(b".\r\nNOOP\r\n");
+    c.send(&tail);
+    replies.extend(
+        (0..2)
+            .map(|_| c.reply())
+            .map(|r| (r.code, r.lines.join(" "))),
+    );
+    replies
+}
+
+#[test]
+fn exim_offers_pipelining_chunking_and_accepts_commands_after_the_dot() {
+    let Some(exim) = ScriptedMta::exim() else {
+        return;
+    };
+    let (mut c, greeting) = Conn::connect(exim.addr());
+    assert!(greeting.lines[0].contains("Exim 4.96"), "{greeting:?}");
+    let ext = c.ehlo();
+    for want in ["PIPELINING", "CHUNKING", "8BITMIME", "SIZE"] {
+        assert!(
+            ext.contains(&want.to_owned()),
+            "{want} missing from {ext:?}"
+        );
+    }
+    assert!(!ext.contains(&"STARTTLS".to_owned()), "{ext:?}");
+    let message = test_message("exim");
+    let codes: Vec<u16> = after_dot_noop(&mut c, &message)
+        .iter()
+        .map(|r| r.0)
+        .collect();
+    // Measured: Exim 4.96 does not refuse a command pipelined after the dot.
+    assert_eq!(codes, [250, 250, 354, 250, 250], "log:\n{}", exim.log());
+    let (codes, _) = c.send_mail(
+        "s@example.org",
+        &[
+            "defer1@example.net",
+            "reject1@example.net",
+            "x@elsewhere.example",
+        ],
+        b"Subject: none\r\n\r\nx\r\n",
+    );
+    assert_eq!(codes, [451, 550, 550]);
+    c.quit();
+    let delivered = exim.wait_for_messages(1, WAIT);
+    assert_eq!(delivered.len(), 1, "log:\n{}", exim.log());
+    assert_eq!(
+        strip_received(&delivered[0]),
+        crlf_to_lf(&message).as_slice()
+    );
+}
+
+#[test]
+fn opensmtpd_offers_no_pipelining_and_refuses_it() {
+    let Some(smtpd) = ScriptedMta::opensmtpd() else {
+        return;
+    };
+    let (mut c, greeting) = Conn::connect(smtpd.addr());
+    assert!(greeting.lines[0].contains("OpenSMTPD"), "{greeting:?}");
+    let ext = c.ehlo();
+    assert!(!ext.contains(&"PIPELINING".to_owned()), "{ext:?}");
+    assert!(!ext.contains(&"CHUNKING".to_owned()), "{ext:?}");
+    let message = test_message("opensmtpd");
+    let (codes, done) = c.send_mail(
+        "sender@example.org",
+        &[
+            "a@example.net",
+            "defer1@example.net",
+            "reject1@example.net",
+            "x@elsewhere.example",
+        ],
+        &message,
+    );
+    assert_eq!(codes, [250, 450, 550, 550]);
+    assert_eq!(done.expect("DATA reply").code, 250);
+    // Pipelining anyway: refused with 500 and the connection is closed.
+    c.send(b"MAIL FROM:<s@example.org>\r\nRCPT TO:<b@example.net>\r\n");
+    let r = c.reply();
+    assert_eq!(r.code, 500, "{r:?}");
+    assert_eq!(r.lines, ["5.5.1 Invalid command: Pipelining not supported"]);
+    let delivered = smtpd.wait_for_messages(1, WAIT);
+    assert_eq!(delivered.len(), 1, "log:\n{}", smtpd.log());
+    // OpenSMTPD adds the Date field the test message lacks, at the end of the header.
+    let stored = String::from_utf8_lossy(strip_received(&delivered[0])).into_owned();
+    let (head, body) = stored.split_once("\n\n").expect("header and body");
+    let (head, date) = head.rsplit_once('\n').expect("more than one field");
+    assert!(date.starts_with("Date: "), "{stored}");
+    assert_eq!(
+        format!("{head}\n\n{body}"),
+        String::from_utf8_lossy(&crlf_to_lf(&message))
+    );
+}
+
+/// The hardened mode is in force (a command pipelined behind NOOP, which RFC 2920 allows
+/// only last in a group, gets 554 and a disconnect), yet a command pipelined after the
+/// end-of-data dot is accepted. Measured too: Postfix 3.7.11 with
+/// `smtpd_forbid_bare_newline = yes` (no exclusions) still accepted a bare LF inside DATA.
+#[test]
+fn postfix_hardened_accepts_commands_after_the_dot_but_not_after_noop() {
+    let Some(pf) = PostfixSmtpd::start_hardened() else {
+        return;
+    };
+    let (mut c, _) = Conn::connect(pf.addr());
+    let ext = c.ehlo();
+    assert!(ext.contains(&"PIPELINING".to_owned()), "{ext:?}");
+    let message = test_message("hardened");
+    let codes: Vec<u16> = after_dot_noop(&mut c, &message)
+        .iter()
+        .map(|r| r.0)
+        .collect();
+    // Measured: Postfix 3.7 hardened does not refuse a command pipelined after the dot.
+    assert_eq!(
+        codes,
+        [250, 250, 354, 250, 250],
+        "maillog:\n{}",
+        pf.maillog()
+    );
+    c.send(b"NOOP\r\nRSET\r\n");
+    let r = c.reply();
+    assert_eq!(
+        (r.code, r.lines.join(" ")),
+        (554, "5.5.0 Error: SMTP protocol synchronization".to_owned()),
+        "maillog:\n{}",
+        pf.maillog()
+    );
+    let delivered = pf.wait_for_messages(1, WAIT);
+    assert_eq!(delivered.len(), 1, "maillog:\n{}", pf.maillog());
+    assert_eq!(
+        strip_delivery_headers(&delivered[0]),
+        crlf_to_lf(&message).as_slice()
+    );
+}
+
 #[test]
 fn strip_delivery_headers_keeps_client_received_fields() {
     let raw = b"Return-Path: <a@example.org>\nX-Original-To: b@example.net\n\
@@ -405,6 +548,16 @@ fn missing_server_skips_loudly_or_fails_when_required() {
             "aiosmtpd_has_no_pipelining_and_stores_message",
             "PIPEMAIL_PYTHON",
             "aiosmtpd not installed",
+        ),
+        (
+            "exim_offers_pipelining_chunking_and_accepts_commands_after_the_dot",
+            "PIPEMAIL_INTEROP_ROOT",
+            "exim not installed",
+        ),
+        (
+            "opensmtpd_offers_no_pipelining_and_refuses_it",
+            "PIPEMAIL_INTEROP_ROOT",
+            "opensmtpd not installed",
         ),
     ];
     for (test, var, what) in cases {

@@ -7,18 +7,37 @@
 //! | Postfix smtpd           | same                                   | DATA (`--no-chunking`) |
 //! | Postfix smtp-sink       | PIPELINING, no CHUNKING, stores nothing | pipelined DATA        |
 //! | aiosmtpd                | no PIPELINING, no CHUNKING              | lock-step DATA        |
+//! | Postfix smtpd hardened  | as smtpd, smuggling-hardened (issue 11) | BDAT, and DATA        |
+//! | Exim 4.96               | PIPELINING, CHUNKING, 8BITMIME          | BDAT, and DATA        |
+//! | OpenSMTPD 6.8           | no PIPELINING, no CHUNKING              | lock-step DATA        |
 //!
-//! Recipients: `@example.net` is accepted; a local part starting with `defer` gets 450, one
-//! starting with `reject` 550 (Postfix and aiosmtpd; smtp-sink accepts everyone), and another
-//! domain gets 554 relay denied from Postfix (aiosmtpd accepts it). With `--retries 0` a 450
-//! is reported `deferred`. Where the server stores messages (the smtpd Maildir, aiosmtpd's
-//! directory) every `sent` row's message must be there exactly once, byte for byte (Postfix:
-//! after [`support::strip_delivery_headers`], compared with [`support::crlf_to_lf`] of what
-//! was rendered), and nothing else.
+//! Recipients: `@example.net` is accepted; a local part starting with `defer` gets 450 (Exim:
+//! 451), one starting with `reject` 550 (all but smtp-sink, which accepts everyone), and
+//! another domain is refused by the real MTAs (Postfix 554 relay denied, Exim 550 relay
+//! denied, OpenSMTPD 550 invalid recipient; aiosmtpd accepts it). With `--retries 0` a 4xx
+//! is reported `deferred`. Where the server stores messages (a Maildir, aiosmtpd's
+//! directory) every `sent` row's message must be there exactly once, byte for byte (the MTAs:
+//! after stripping the trace fields they prepend, compared with [`support::crlf_to_lf`] of
+//! what was rendered), and nothing else.
+//!
+//! After-dot pipelining (issue 11): pipemail sends the next envelope in the same write as the
+//! end-of-data dot. Some servers hardened against SMTP smuggling answer every such command
+//! with 503; the engine must then step down, so no row may fail with a pipelining complaint
+//! ([`check_report`] checks every row's server text). Measured here (2026-12-02), none of the
+//! real servers refuses it: Exim 4.96 and hardened Postfix 3.7 accept commands after the dot
+//! in DATA and BDAT mode, and OpenSMTPD does not offer PIPELINING at all (a client that
+//! pipelines anyway gets `500 5.5.1 Invalid command: Pipelining not supported` and is
+//! disconnected). The refusing server is scripted in `tests/cli_check.rs`.
+//!
+//! Each case prints one table line (server, mode, messages, sent/failed/deferred, round trips
+//! per message from the summary line's engine counters) to stderr and appends it to
+//! `$CARGO_TARGET_TMPDIR/interop-matrix.txt`; `cargo test --test interop_matrix --
+//! --nocapture --test-threads 1` shows the table (README, "Interop matrix").
 //!
 //! Skips follow `tests/support`: a server that is not installed is a loud `SKIPPED` line, or
-//! a failure with `PIPEMAIL_REQUIRE_INTEROP=1`. Exim and OpenSMTPD are not in the matrix:
-//! Debian cannot install them next to Postfix (they all provide `mail-transport-agent`).
+//! a failure with `PIPEMAIL_REQUIRE_INTEROP=1`. Exim and OpenSMTPD cannot be installed next to
+//! Postfix (they all provide `mail-transport-agent`): `scripts/interop-install.sh` unpacks
+//! them into private roots (`.ci/run` runs it).
 
 mod support;
 
@@ -31,6 +50,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pipemail::report::{ReportRow, Status};
+use support::mta::{ScriptedMta, strip_received};
+use support::refusing::{AfterDot, RefusingServer};
 use support::{AioSmtpd, PostfixSmtpd, SmtpSink, crlf_to_lf, strip_delivery_headers};
 
 const ROWS: u64 = 200;
@@ -91,7 +112,7 @@ fn rendered(row: u64) -> Vec<u8> {
 /// The status each server gives a row's recipient.
 #[derive(Debug, Clone, Copy)]
 enum Policy {
-    /// Postfix smtpd: relay denied for other domains.
+    /// Postfix smtpd, Exim, OpenSMTPD: other domains refused (relay denied).
     Postfix,
     /// aiosmtpd: every domain accepted.
     Aiosmtpd,
@@ -116,6 +137,17 @@ struct Run {
     elapsed: Duration,
 }
 
+impl Run {
+    /// Round trips the run used, from the summary line's engine counters
+    /// ("N round trips instead of M"); `None` when the line is missing.
+    fn round_trips(&self) -> Option<u64> {
+        let line = self.stderr.lines().rev().find(|l| l.contains(" rows: "))?;
+        let head = line.split(" round trips instead of ").next()?;
+        let n = head.rsplit([' ', ';']).next()?;
+        n.replace(',', "").parse().ok()
+    }
+}
+
 fn send(addr: SocketAddr, args: &[&str]) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut list = String::from("email,id\n");
@@ -128,7 +160,7 @@ fn send(addr: SocketAddr, args: &[&str]) -> Run {
     cmd.arg("send")
         .arg("--host")
         .arg(addr.to_string())
-        .args(["--helo", "interop.test", "--connections", "2", "--quiet"])
+        .args(["--helo", "interop.test", "--connections", "2"])
         .args(["--retries", "0", "--timeout", "30s"])
         .arg("--list")
         .arg(dir.path().join("list.csv"))
@@ -193,6 +225,13 @@ fn check_report(name: &str, policy: Policy, run: &Run) -> [u64; 3] {
         assert_eq!(r.email, email(r.row));
         let want = expected_status(policy, r.row);
         assert_eq!(r.status, want, "{name}: row {} ({}): {r:?}", r.row, r.email);
+        // Issue 11: a server that refuses commands pipelined after the end-of-data dot must
+        // cost no row (the engine steps down), whatever the row's status.
+        assert!(
+            !r.response.to_ascii_lowercase().contains("pipelin"),
+            "{name}: row {} failed for pipelining: {r:?}",
+            r.row
+        );
         match r.status {
             Status::Sent => counts[0] += 1,
             Status::Failed => counts[1] += 1,
@@ -221,8 +260,12 @@ fn x_row(data: &[u8]) -> Option<u64> {
 }
 
 fn table_line(server: &str, mode: &str, counts: [u64; 3], stored: &str, run: &Run) -> String {
+    let rt = run.round_trips().map_or_else(
+        || "?".to_owned(),
+        |n| format!("{:.2}", n as f64 / ROWS as f64),
+    );
     let line = format!(
-        "interop matrix | {server:<17} | {mode:<18} | sent {:>3} | failed {:>2} | deferred {:>2} | stored {stored:<22} | {:.1}s",
+        "interop matrix | {server:<22} | {mode:<15} | msgs {ROWS} | sent {:>3} | failed {:>2} | deferred {:>2} | RT/msg {rt:>5} | stored {stored:<22} | {:.1}s",
         counts[0],
         counts[1],
         counts[2],
@@ -241,7 +284,11 @@ fn table_line(server: &str, mode: &str, counts: [u64; 3], stored: &str, run: &Ru
 }
 
 fn postfix(mode: &str, args: &[&str]) {
-    let Some(pf) = PostfixSmtpd::start() else {
+    postfix_on(PostfixSmtpd::start(), "Postfix smtpd", mode, args);
+}
+
+fn postfix_on(pf: Option<PostfixSmtpd>, server: &str, mode: &str, args: &[&str]) {
+    let Some(pf) = pf else {
         return;
     };
     let ca = pf.ca_cert_path();
@@ -251,12 +298,31 @@ fn postfix(mode: &str, args: &[&str]) {
         all.extend(["--ca-file", &ca_str]);
     }
     let run = send(pf.addr(), &all);
-    let counts = check_report("postfix", Policy::Postfix, &run);
+    let counts = check_report(server, Policy::Postfix, &run);
     let want = sent_rows(&run);
     let files = pf.wait_for_messages(want.len(), WAIT);
-    let mut got: HashMap<u64, u32> = HashMap::new();
+    check_store(&files, strip_delivery_headers, &want, &pf.maillog());
+    // Postfix's Received field says `with ESMTPS` for a message that came over TLS.
+    let tls = args.contains(&"starttls");
     for f in &files {
-        let body = strip_delivery_headers(f);
+        let text = String::from_utf8_lossy(f);
+        assert_eq!(text.contains("with ESMTPS"), tls, "TLS {tls}:\n{text}");
+    }
+    table_line(
+        server,
+        mode,
+        counts,
+        &format!("{} in Maildir, exact", files.len()),
+        &run,
+    );
+}
+
+/// Every `sent` row's message is in `files` exactly once, byte for byte after `strip` (the
+/// server's trace fields) with LF line ends, and nothing else is.
+fn check_store(files: &[Vec<u8>], strip: fn(&[u8]) -> &[u8], want: &[u64], log: &str) {
+    let mut got: HashMap<u64, u32> = HashMap::new();
+    for f in files {
+        let body = strip(f);
         let row = x_row(body).unwrap_or_else(|| {
             panic!(
                 "delivered message without X-Row:\n{}",
@@ -272,21 +338,8 @@ fn postfix(mode: &str, args: &[&str]) {
     }
     let mut rows: Vec<u64> = got.keys().copied().collect();
     rows.sort_unstable();
-    assert_eq!(rows, want, "delivered rows; maillog:\n{}", pf.maillog());
+    assert_eq!(rows, want, "delivered rows; log:\n{log}");
     assert!(got.values().all(|&n| n == 1), "a row delivered twice");
-    // Postfix's Received field says `with ESMTPS` for a message that came over TLS.
-    let tls = args.contains(&"starttls");
-    for f in &files {
-        let text = String::from_utf8_lossy(f);
-        assert_eq!(text.contains("with ESMTPS"), tls, "TLS {tls}:\n{text}");
-    }
-    table_line(
-        "Postfix smtpd",
-        mode,
-        counts,
-        &format!("{} in Maildir, exact", files.len()),
-        &run,
-    );
 }
 
 #[test]
@@ -351,6 +404,125 @@ fn aiosmtpd_without_pipelining_lock_step() {
         "lock-step DATA",
         counts,
         &format!("{} stored, exact", msgs.len()),
+        &run,
+    );
+}
+
+// ----- issue 11: smuggling-hardened Postfix, Exim, OpenSMTPD ----------------------------
+
+#[test]
+fn postfix_hardened_bdat() {
+    postfix_on(
+        PostfixSmtpd::start_hardened(),
+        "Postfix smtpd hardened",
+        "BDAT, STARTTLS",
+        &["--tls", "starttls"],
+    );
+}
+
+#[test]
+fn postfix_hardened_data() {
+    postfix_on(
+        PostfixSmtpd::start_hardened(),
+        "Postfix smtpd hardened",
+        "DATA, plain",
+        &["--tls", "none", "--no-chunking"],
+    );
+}
+
+fn scripted(mta: Option<ScriptedMta>, server: &str, mode: &str, args: &[&str]) {
+    let Some(mta) = mta else {
+        return;
+    };
+    let run = send(mta.addr(), args);
+    let counts = check_report(server, Policy::Postfix, &run);
+    let want = sent_rows(&run);
+    let files = mta.wait_for_messages(want.len(), WAIT);
+    check_store(&files, strip_received, &want, &mta.log());
+    table_line(
+        server,
+        mode,
+        counts,
+        &format!("{} in Maildir, exact", files.len()),
+        &run,
+    );
+}
+
+/// Exim 4.96 keeps the transaction after `503 Valid RCPT command must precede BDAT` (every
+/// recipient refused, the `BDAT n LAST` pipelined behind them): the next envelope's MAIL,
+/// pipelined before that reply, gets `503 sender already given`, and its RCPT and BDAT then
+/// join the old transaction, so the message is delivered while its row says `failed` (row 4
+/// behind the deferred row 3). Postfix resets the transaction itself. With the engine's
+/// step-down (branch `engine`, tried 2026-12-02) that `503 sender already given` is taken
+/// for a refusal of after-dot pipelining: the RCPT 250 and BDAT 250 that follow are ignored
+/// and the message is sent again, so Exim delivers it twice (and, after three such
+/// protocol errors, drops the connection). Needs the engine to send RSET before the next
+/// MAIL after a BDAT whose recipients all failed.
+#[test]
+#[ignore = "needs engine: RSET after a refused BDAT LAST; Exim keeps the sender (issue 11)"]
+fn exim_bdat() {
+    scripted(
+        ScriptedMta::exim(),
+        "Exim 4.96",
+        "BDAT, plain",
+        &["--tls", "none"],
+    );
+}
+
+#[test]
+fn exim_data() {
+    scripted(
+        ScriptedMta::exim(),
+        "Exim 4.96",
+        "DATA, plain",
+        &["--tls", "none", "--no-chunking"],
+    );
+}
+
+#[test]
+fn opensmtpd_lock_step() {
+    scripted(
+        ScriptedMta::opensmtpd(),
+        "OpenSMTPD 6.8",
+        "lock-step DATA",
+        &["--tls", "none"],
+    );
+}
+
+/// The scripted server that answers every command pipelined after the end-of-data dot with
+/// `503 5.5.0 Error: pipelined after end of DATA` (none of the real servers here does): no
+/// row may fail for it, and every message is stored exactly once. Today's engine pipelines
+/// the next envelope with the dot and reports those 503s as failed rows.
+#[test]
+#[ignore = "needs engine step-down (issue 11)"]
+fn refusing_after_the_dot_scripted() {
+    let server = RefusingServer::start(AfterDot::Refuse);
+    let run = send(server.addr(), &["--tls", "none"]);
+    // The scripted server accepts every recipient.
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let mut run = run;
+    run.code = Some(1);
+    let counts = check_report("refusing server", Policy::AcceptAll, &run);
+    let mut got: HashMap<u64, u32> = HashMap::new();
+    for m in server.messages() {
+        let row = x_row(&m.data).expect("X-Row header");
+        assert_eq!(m.to, [email(row)], "row {row}: envelope");
+        assert_eq!(
+            String::from_utf8_lossy(&m.data),
+            String::from_utf8_lossy(&rendered(row)),
+            "row {row}: body differs"
+        );
+        *got.entry(row).or_default() += 1;
+    }
+    let mut rows: Vec<u64> = got.keys().copied().collect();
+    rows.sort_unstable();
+    assert_eq!(rows, sent_rows(&run));
+    assert!(got.values().all(|&n| n == 1), "a row stored twice");
+    table_line(
+        "scripted, 503 after dot",
+        "pipelined DATA",
+        counts,
+        &format!("{} stored, exact", got.len()),
         &run,
     );
 }

@@ -30,6 +30,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+/// Exim, OpenSMTPD and a hardened Postfix (issue 11), in their own file.
+pub mod mta;
+/// A scripted server that refuses commands pipelined after the end-of-data dot (issue 11).
+pub mod refusing;
+
 /// Environment variable that turns a missing server into a test failure.
 pub const REQUIRE_INTEROP_ENV: &str = "PIPEMAIL_REQUIRE_INTEROP";
 
