@@ -245,26 +245,21 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         None => None,
     };
     let shard = a.shard.map(|(k, of)| Shard { k, of });
-    let campaign = Campaign {
-        connect: conn.connect,
-        list,
-        template,
-        from,
-        report,
-        resume,
-        skip_unknown: a.skip_unknown,
-        connections: a.connections,
-        schedule: ScheduleConfig {
-            retries: a.retries,
-            retry_delay: a.retry_delay,
-            max_per_connection: a.max_per_connection,
-            rate: a.rate,
-            ..ScheduleConfig::default()
-        },
-        allow_duplicates: a.allow_duplicates,
-        shard,
-        handle_ctrl_c: true,
+    let mut campaign = Campaign::new(conn.connect, list, template, from);
+    campaign.report = report;
+    campaign.resume = resume;
+    campaign.skip_unknown = a.skip_unknown;
+    campaign.connections = a.connections;
+    campaign.schedule = ScheduleConfig {
+        retries: a.retries,
+        retry_delay: a.retry_delay,
+        max_per_connection: a.max_per_connection,
+        rate: a.rate,
+        ..ScheduleConfig::default()
     };
+    campaign.allow_duplicates = a.allow_duplicates;
+    campaign.shard = shard;
+    campaign.handle_ctrl_c = true;
     Ok(SendPlan {
         campaign,
         list_total: list_total.map(|t| shard.map_or(t, |s| s.rows_of(t))),

@@ -82,6 +82,7 @@ pub struct Campaign {
     /// Handle Ctrl-C: first stop taking messages and drain, second abort
     /// ([`Observer::interrupted`], [`Observer::aborted`]).
     pub handle_ctrl_c: bool,
+    stopper: Stopper,
 }
 
 impl Campaign {
@@ -100,7 +101,14 @@ impl Campaign {
             allow_duplicates: false,
             shard: None,
             handle_ctrl_c: false,
+            stopper: Stopper::default(),
         }
+    }
+
+    /// A handle that stops the run from another thread, as Ctrl-C does: messages in flight
+    /// finish, nothing new is taken or retried, the rest is reported `deferred`.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
     }
 
     /// Runs the campaign to the end; every row of the list (of the shard) is in the report.
@@ -155,6 +163,73 @@ impl Campaign {
             }
         }
         Ok(counts)
+    }
+}
+
+/// Stops a running campaign; see [`Campaign::stopper`]. Stopping before the run starts
+/// stops it as soon as it starts.
+#[derive(Clone, Default)]
+pub struct Stopper(std::sync::Arc<std::sync::Mutex<StopState>>);
+
+#[derive(Default)]
+struct StopState {
+    requested: bool,
+    queue: Option<std::sync::Arc<runner::Queue>>,
+}
+
+impl std::fmt::Debug for Stopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stopper")
+            .field("requested", &self.is_requested())
+            .finish()
+    }
+}
+
+impl Stopper {
+    /// Stops the run (idempotent).
+    pub fn stop(&self) {
+        let queue = {
+            let mut st = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.requested = true;
+            st.queue.clone()
+        };
+        if let Some(q) = queue {
+            q.stop();
+        }
+    }
+
+    /// Was [`Stopper::stop`] called?
+    pub fn is_requested(&self) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .requested
+    }
+
+    /// The run's queue from now on; stops it at once if a stop came first.
+    fn attach(&self, queue: &std::sync::Arc<runner::Queue>) {
+        let requested = {
+            let mut st = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.queue = Some(std::sync::Arc::clone(queue));
+            st.requested
+        };
+        if requested {
+            queue.stop();
+        }
+    }
+
+    /// The run is over: drop the queue.
+    fn detach(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .queue = None;
     }
 }
 

@@ -235,6 +235,8 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         space: Condvar::new(),
         notify: tokio::sync::Notify::new(),
     });
+    c.stopper.attach(&queue);
+    let stopper = c.stopper.clone();
     let ctx = Arc::new(Ctx {
         connect: c.connect,
         renderer: Renderer::new(c.template, headers, c.from),
@@ -294,7 +296,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
             tokio::spawn(async move {
                 if tokio::signal::ctrl_c().await.is_ok() {
                     sig.observer.interrupted();
-                    sig.queue.stop();
+                    stopper.stop();
                     if tokio::signal::ctrl_c().await.is_ok() {
                         sig.observer.aborted();
                     }
@@ -311,6 +313,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         }
     });
     drop(rt); // ends the Ctrl-C task and its reference to the context
+    c.stopper.detach();
     let resume = producer
         .join()
         .map_err(|_| CampaignError::Internal("list thread panicked"))?;

@@ -190,3 +190,56 @@ fn dry_run_uses_the_same_filters() {
     assert!(first.contains("Hello A."), "{first}");
     assert_eq!(s.stop().sessions, 0, "a dry run connects to nothing");
 }
+
+/// Stops the run when the first row is counted, as Ctrl-C would.
+struct StopOnFirstRow(Stopper);
+
+impl Observer for StopOnFirstRow {
+    fn row(&self, _t: &Tally, _rt: RoundTrips) {
+        self.0.stop();
+    }
+}
+
+#[test]
+fn stop_lets_messages_in_flight_finish_and_defers_the_rest() {
+    // DATA with a 20 ms round trip: at least 20 ms per message, so the stop (requested when
+    // the first row is counted) comes long before the 200th message could.
+    let s = sink(SinkConfig {
+        chunking: false,
+        latency: Duration::from_millis(20),
+        ..SinkConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("r.csv");
+    let mut c = campaign(&s, &list(200));
+    c.report = Some((path.display().to_string(), Format::Csv));
+    let stopper = c.stopper();
+    let summary = c
+        .run(Arc::new(StopOnFirstRow(stopper.clone())))
+        .expect("run");
+    assert!(stopper.is_requested());
+    assert_eq!(summary.rows, 200, "every row reported: {summary:?}");
+    assert!(summary.sent >= 1, "{summary:?}");
+    assert!(summary.deferred >= 1, "{summary:?}");
+    assert_eq!(summary.sent + summary.deferred, 200, "{summary:?}");
+    let mut rdr = csv::Reader::from_path(&path).expect("report");
+    let rows: Vec<crate::report::ReportRow> =
+        rdr.deserialize().collect::<Result<_, _>>().expect("rows");
+    let mut numbers: Vec<u64> = rows.iter().map(|r| r.row).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=200).collect::<Vec<u64>>(), "each row once");
+    for r in rows.iter().filter(|r| r.status == Status::Deferred) {
+        assert_eq!(r.response, "not sent: the run was stopped", "{r:?}");
+    }
+    assert_eq!(s.stop().messages, summary.sent, "sent means stored");
+}
+
+#[test]
+fn stop_before_the_run_sends_nothing_and_reports_every_row() {
+    let s = sink(SinkConfig::default());
+    let c = campaign(&s, &list(5));
+    c.stopper().stop();
+    let summary = c.run(Arc::new(NoObserver)).expect("run");
+    assert_eq!((summary.rows, summary.deferred), (5, 5), "{summary:?}");
+    assert_eq!(s.stop().sessions, 0);
+}
