@@ -141,11 +141,22 @@ use std::path::Path;
 
 use crate::cli::{FormatArg, SendArgs};
 use crate::exit::for_input as input_exit;
-use crate::send::SendPlan;
 use pipemail::campaign::{Campaign, FromSource, ScheduleConfig, Shard};
 use pipemail::input::{ListReader, scan_file};
 use pipemail::report::{Format, ResumeState};
 use pipemail::template::Template;
+
+/// A validated `send` run.
+pub(crate) struct SendPlan {
+    pub(crate) campaign: Campaign,
+    /// Rows this run will report (the shard's share), when the list was scanned first.
+    pub(crate) list_total: Option<u64>,
+    pub(crate) quiet: bool,
+    /// `-v`: print every command and reply.
+    pub(crate) verbose: bool,
+    /// Label for the progress bar (demo runs).
+    pub(crate) label: Option<String>,
+}
 
 /// Reads and checks everything `send` needs before any connection is made.
 pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {

@@ -8,9 +8,10 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 
 use crate::cli::{DemoArgs, ProxyArgs, SinkArgs};
+use crate::config::SendPlan;
 use crate::exit::{Exit, Failure, fail};
 use crate::progress::thousands;
-use crate::send::{self, SendPlan};
+use crate::send;
 use pipemail::campaign::{Campaign, FromSource, ScheduleConfig, Summary};
 use pipemail::driver::{ConnectOptions, Target, TlsSettings};
 use pipemail::engine::{self, PipeliningPolicy, TlsPolicy};

@@ -4,24 +4,13 @@
 
 use std::io::Write as _;
 
-use pipemail::campaign::{Campaign, DryRunEvent, Observer, RoundTrips, Summary, Tally};
+use pipemail::campaign::{DryRunEvent, Observer, RoundTrips, Summary, Tally};
 use pipemail::driver::Target;
 use pipemail::engine::Exchange;
 
+use crate::config::SendPlan;
 use crate::exit::{Exit, Failure, for_campaign};
 use crate::progress::{Progress, saved};
-
-/// A validated `send` run.
-pub(crate) struct SendPlan {
-    pub(crate) campaign: Campaign,
-    /// Rows this run will report (the shard's share), when the list was scanned first.
-    pub(crate) list_total: Option<u64>,
-    pub(crate) quiet: bool,
-    /// `-v`: print every command and reply.
-    pub(crate) verbose: bool,
-    /// Label for the progress bar (demo runs).
-    pub(crate) label: Option<String>,
-}
 
 /// Prints a command and its reply the `-v` way: `C: …`, then one `S: …` per reply line,
 /// `code-` on all but the last, the enhanced code on the first. The only transcript printer.
