@@ -50,7 +50,7 @@ use crate::template::Template;
 
 pub use jobs::{Decision, JobFilter, Shard};
 pub use render::{FromSource, Renderer};
-pub use schedule::{Job, Poll, Schedule, ScheduleConfig, backoff};
+pub use schedule::{Handled, Job, Poll, Schedule, ScheduleConfig, Verdict, backoff};
 
 /// The list as the campaign reads it.
 pub type List = ListReader<Box<dyn Read + Send>>;

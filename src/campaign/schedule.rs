@@ -103,6 +103,15 @@ pub enum Poll {
     Done,
 }
 
+/// What became of an outcome: see [`Schedule::handle_outcome`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Queued for a retry at this time; the job stays outstanding.
+    Retry(Instant),
+    /// Final: to be reported; no longer outstanding.
+    Final(Verdict),
+}
+
 /// The final verdict on an outcome that is not retried.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -262,14 +271,9 @@ impl Schedule {
         at
     }
 
-    /// What the server said about a job's message. `Ok(())`: queued for a retry (the job
-    /// stays outstanding); `Err(verdict)`: final, to be reported (no longer outstanding).
-    pub fn handle_outcome(
-        &mut self,
-        mut job: Job,
-        delivery: Delivery,
-        now: Instant,
-    ) -> Result<(), Verdict> {
+    /// What the server said about a job's message: retried after [`backoff`] while retries
+    /// are left and the run is not stopped (deferred or unknown), else final.
+    pub fn handle_outcome(&mut self, mut job: Job, delivery: Delivery, now: Instant) -> Handled {
         job.attempts += 1;
         let was_uncertain = job.uncertain;
         job.uncertain |= delivery == Delivery::Unknown;
@@ -280,7 +284,7 @@ impl Schedule {
             {
                 let at = now + backoff(self.cfg.retry_delay, job.attempts);
                 self.retry_at(job, at);
-                return Ok(());
+                return Handled::Retry(at);
             }
             // An earlier attempt may have been delivered: not known to have failed.
             _ if job.uncertain => Status::Unknown,
@@ -289,7 +293,7 @@ impl Schedule {
             Delivery::Unknown => Status::Unknown,
         };
         self.outstanding = self.outstanding.saturating_sub(1);
-        Err(Verdict {
+        Handled::Final(Verdict {
             job,
             status,
             was_uncertain,

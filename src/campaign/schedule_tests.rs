@@ -12,6 +12,19 @@ fn row(n: u64) -> Row {
     }
 }
 
+trait FinalVerdict {
+    fn final_verdict(self) -> Verdict;
+}
+
+impl FinalVerdict for Handled {
+    fn final_verdict(self) -> Verdict {
+        match self {
+            Self::Final(v) => v,
+            Self::Retry(at) => panic!("expected a final verdict, got a retry at {at:?}"),
+        }
+    }
+}
+
 fn job(n: u64) -> Job {
     Job::new(row(n))
 }
@@ -56,7 +69,10 @@ fn fresh_jobs_go_in_list_order_then_done() {
         };
         assert_eq!(not_before, t0, "no rate limit: send at once");
         taken.push(job.row.number);
-        assert!(s.handle_outcome(job, Delivery::Sent, t0).is_err());
+        assert!(matches!(
+            s.handle_outcome(job, Delivery::Sent, t0),
+            Handled::Final(_)
+        ));
     }
     assert_eq!(taken, [1, 2, 3]);
     assert_eq!(s.poll_job(t0, 0), Poll::Done);
@@ -88,7 +104,10 @@ fn deferred_jobs_come_back_after_backoff_before_fresh_ones() {
     let Poll::Job { job: j1, .. } = s.poll_job(t0, 0) else {
         panic!()
     };
-    assert_eq!(s.handle_outcome(j1, Delivery::Deferred, t0), Ok(()));
+    assert_eq!(
+        s.handle_outcome(j1, Delivery::Deferred, t0),
+        Handled::Retry(t0 + ms(100))
+    );
     assert_eq!(s.poll_timeout(), Some(t0 + ms(100)));
     // Not due yet: fresh jobs go first.
     assert_eq!(take(&mut s, t0 + ms(99)), 2);
@@ -99,7 +118,10 @@ fn deferred_jobs_come_back_after_backoff_before_fresh_ones() {
     assert_eq!((j1.row.number, j1.attempts), (1, 1));
     // Second deferral: the delay doubles.
     let t1 = t0 + ms(100);
-    assert_eq!(s.handle_outcome(j1, Delivery::Deferred, t1), Ok(()));
+    assert_eq!(
+        s.handle_outcome(j1, Delivery::Deferred, t1),
+        Handled::Retry(t1 + ms(200))
+    );
     assert_eq!(s.poll_timeout(), Some(t1 + ms(200)));
 }
 
@@ -124,9 +146,18 @@ fn retries_in_due_order_ties_first_deferred_first() {
     let mut it = jobs.into_iter();
     let (j1, j2, j3) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
     // Row 3 deferred first, then 1 at the same instant, then 2 later.
-    assert_eq!(s.handle_outcome(j3, Delivery::Deferred, t0), Ok(()));
-    assert_eq!(s.handle_outcome(j1, Delivery::Unknown, t0), Ok(()));
-    assert_eq!(s.handle_outcome(j2, Delivery::Deferred, t0 + ms(5)), Ok(()));
+    assert!(matches!(
+        s.handle_outcome(j3, Delivery::Deferred, t0),
+        Handled::Retry(_)
+    ));
+    assert!(matches!(
+        s.handle_outcome(j1, Delivery::Unknown, t0),
+        Handled::Retry(_)
+    ));
+    assert!(matches!(
+        s.handle_outcome(j2, Delivery::Deferred, t0 + ms(5)),
+        Handled::Retry(_)
+    ));
     assert_eq!(s.poll_job(t0 + ms(9), 0), Poll::Wait(Some(t0 + ms(10))));
     let later = t0 + ms(60);
     assert_eq!(
@@ -156,29 +187,41 @@ fn retries_exhausted_end_deferred_failed_or_unknown() {
     let Poll::Job { job, .. } = s.poll_job(t0, 0) else {
         panic!()
     };
-    let v = s.handle_outcome(job, Delivery::Rejected, t0).unwrap_err();
+    let v = s
+        .handle_outcome(job, Delivery::Rejected, t0)
+        .final_verdict();
     assert_eq!((v.status, v.job.attempts), (Status::Failed, 1));
     // 4xx twice: retried once, then deferred.
     let Poll::Job { job, .. } = s.poll_job(t0, 0) else {
         panic!()
     };
-    assert_eq!(s.handle_outcome(job, Delivery::Deferred, t0), Ok(()));
+    assert!(matches!(
+        s.handle_outcome(job, Delivery::Deferred, t0),
+        Handled::Retry(_)
+    ));
     let Poll::Job { job, .. } = s.poll_job(t0 + ms(1), 0) else {
         panic!()
     };
     assert_eq!(job.row.number, 2);
-    let v = s.handle_outcome(job, Delivery::Deferred, t0).unwrap_err();
+    let v = s
+        .handle_outcome(job, Delivery::Deferred, t0)
+        .final_verdict();
     assert_eq!((v.status, v.job.attempts), (Status::Deferred, 2));
     // unknown, then 5xx: the first copy may have arrived, so never `failed`.
     let Poll::Job { job, .. } = s.poll_job(t0 + ms(1), 0) else {
         panic!()
     };
-    assert_eq!(s.handle_outcome(job, Delivery::Unknown, t0), Ok(()));
+    assert!(matches!(
+        s.handle_outcome(job, Delivery::Unknown, t0),
+        Handled::Retry(_)
+    ));
     let Poll::Job { job, .. } = s.poll_job(t0 + ms(2), 0) else {
         panic!()
     };
     assert!(job.uncertain);
-    let v = s.handle_outcome(job, Delivery::Rejected, t0).unwrap_err();
+    let v = s
+        .handle_outcome(job, Delivery::Rejected, t0)
+        .final_verdict();
     assert_eq!(v.status, Status::Unknown);
     assert!(v.was_uncertain);
     assert!(s.is_finished());
@@ -241,14 +284,17 @@ fn stop_ends_sessions_refuses_pushes_and_drains_the_rest() {
     let Poll::Job { job: deferred, .. } = s.poll_job(t0, 0) else {
         panic!()
     };
-    assert_eq!(s.handle_outcome(deferred, Delivery::Deferred, t0), Ok(()));
+    assert!(matches!(
+        s.handle_outcome(deferred, Delivery::Deferred, t0),
+        Handled::Retry(_)
+    ));
     s.stop();
     assert_eq!(s.poll_job(t0, 0), Poll::Done);
     assert_eq!(s.push(job(4)), Err(job(4)));
     // The message in flight finishes; no retry once stopped.
     let v = s
         .handle_outcome(in_flight, Delivery::Deferred, t0)
-        .unwrap_err();
+        .final_verdict();
     assert_eq!(v.status, Status::Deferred);
     // The rest comes back, retries first and whatever their time.
     s.producer_done();

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use super::CampaignError;
 use super::jobs::row_report;
 use super::runner::{Ctx, ReportMsg, UNCERTAIN_NOTE, lock};
-use super::schedule::{Job, Poll};
+use super::schedule::{Handled, Job, Poll};
 use crate::driver::Connection;
 use crate::engine::{Event, Extensions, PipeliningPolicy, RcptOutcome, SessionError};
 use crate::report::{Stage, Status};
@@ -185,11 +185,11 @@ fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) 
         .lock()
         .handle_outcome(job, o.delivery, Instant::now());
     let v = match verdict {
-        Ok(()) => {
+        Handled::Retry(_) => {
             ctx.queue.notify.notify_waiters();
             return;
         }
-        Err(v) => v,
+        Handled::Final(v) => v,
     };
     if v.status == Status::Sent {
         ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
