@@ -188,4 +188,37 @@ mod tests {
             "C: RCPT TO:<a@example.net>\nS: 250-2.1.5 first\nS: 250 last\n"
         );
     }
+
+    #[test]
+    fn summary_line_names_every_count_and_the_round_trips_saved() {
+        let s = Summary {
+            rows: 300,
+            sent: 299,
+            failed: 1,
+            unknown: 2,
+            rt_used: 6,
+            rt_lockstep: 1199,
+            sanitized_rows: 3,
+            elapsed: std::time::Duration::from_millis(300),
+            any_session: true,
+            sent_this_run: 299,
+            ..Summary::default()
+        };
+        assert_eq!(
+            summary_line(&s),
+            "300 rows: 299 sent, 1 failed, 0 deferred, 0 skipped, 2 unknown in 0.3s (997 msg/s); \
+             6 round trips instead of 1,199, 99% saved; \
+             warning: 3 rows had CR/LF in header values (replaced by spaces)"
+        );
+        let none = Summary {
+            rows: 2,
+            deferred: 2,
+            session_error: Some("cannot connect".into()),
+            ..Summary::default()
+        };
+        assert_eq!(
+            summary_line(&none),
+            "2 rows: 0 sent, 0 failed, 2 deferred, 0 skipped in 0.0s (0 msg/s); no session: cannot connect"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The sans-IO scheduler: which job goes next, when a deferred one comes back, how fast.
 //!
 //! Like the engine, nothing here reads a clock, sleeps, locks or spawns: time comes in as a
-//! `now: Instant` argument and the answers are values. The runner ([`super::runner`]) wraps a
+//! `now: Instant` argument and the answers are values. The runner (`campaign::runner`) wraps a
 //! [`Schedule`] in one mutex shared by the list thread and the connection tasks and turns
 //! [`Poll::Wait`] into a sleep or a wake-up; unit tests drive it on a virtual clock.
 //!

@@ -11,7 +11,7 @@ pub fn journal_path(report_path: &str) -> Option<PathBuf> {
     (report_path != "-").then(|| PathBuf::from(format!("{report_path}.journal")))
 }
 
-/// `<report>.resume`: the carry file of [`ResumeState`].
+/// `<report>.resume`: the carry file of [`ResumeState`](super::ResumeState).
 pub fn carry_path(report_path: &str) -> PathBuf {
     PathBuf::from(format!("{report_path}.resume"))
 }
