@@ -214,12 +214,7 @@ impl Prober {
                 Event::Greeting(r) => self.banner = Some((r, self.started.elapsed())),
                 Event::Capabilities(c) => self.caps.push(c),
                 Event::RawReply(v, r) => self.raw.push((v, r)),
-                Event::Exchange(x) if self.verbose => {
-                    if !x.command.is_empty() {
-                        eprintln!("C: {}", x.command);
-                    }
-                    eprintln!("S: {}", x.reply);
-                }
+                Event::Exchange(x) if self.verbose => crate::send::print_exchange(&x),
                 Event::Closed(e) => self.closed = Some(e.map(|e| e.to_string())),
                 _ => {}
             }

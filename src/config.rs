@@ -1,8 +1,6 @@
 //! Turns raw flags into validated settings: files opened, secrets read, limits checked.
 //! Later code never sees clap.
 
-use std::time::Duration;
-
 use anyhow::{Context as _, anyhow};
 
 use crate::cli::{ConnArgs, TlsMode};
@@ -136,33 +134,28 @@ pub(crate) fn local_hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// Exponential backoff: `first`, doubled per attempt, capped at one minute.
-pub(crate) fn backoff(first: Duration, attempt: u32) -> Duration {
-    let cap = Duration::from_secs(60);
-    first
-        .checked_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .map_or(cap, |d| d.min(cap))
-}
-
 // ----- send ---------------------------------------------------------------------------------
 
 use std::io::Read;
 use std::path::Path;
 
 use crate::cli::{FormatArg, SendArgs};
-use crate::send::{FromSource, SendPlan};
-use pipemail::input::{InputError, ListReader, scan_file};
+use crate::exit::for_input as input_exit;
+use pipemail::campaign::{Campaign, FromSource, ScheduleConfig, Shard};
+use pipemail::input::{ListReader, scan_file};
 use pipemail::report::{Format, ResumeState};
 use pipemail::template::Template;
 
-fn input_exit(e: &InputError) -> Exit {
-    match e {
-        InputError::Io { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
-            Exit::NoInput
-        }
-        InputError::Io { .. } => Exit::NoInput,
-        _ => Exit::DataErr,
-    }
+/// A validated `send` run.
+pub(crate) struct SendPlan {
+    pub(crate) campaign: Campaign,
+    /// Rows this run will report (the shard's share), when the list was scanned first.
+    pub(crate) list_total: Option<u64>,
+    pub(crate) quiet: bool,
+    /// `-v`: print every command and reply.
+    pub(crate) verbose: bool,
+    /// Label for the progress bar (demo runs).
+    pub(crate) label: Option<String>,
 }
 
 /// Reads and checks everything `send` needs before any connection is made.
@@ -262,37 +255,27 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         }
         None => None,
     };
-    Ok(SendPlan {
-        conn,
-        list,
-        list_total,
-        template,
-        from,
-        report,
-        resume,
-        skip_unknown: a.skip_unknown,
-        connections: a.connections,
-        max_per_connection: a.max_per_connection,
-        rate: a.rate,
+    let shard = a.shard.map(|(k, of)| Shard { k, of });
+    let mut campaign = Campaign::new(conn.connect, list, template, from);
+    campaign.report = report;
+    campaign.resume = resume;
+    campaign.skip_unknown = a.skip_unknown;
+    campaign.connections = a.connections;
+    campaign.schedule = ScheduleConfig {
         retries: a.retries,
         retry_delay: a.retry_delay,
-        allow_duplicates: a.allow_duplicates,
-        shard: a.shard,
+        max_per_connection: a.max_per_connection,
+        rate: a.rate,
+        ..ScheduleConfig::default()
+    };
+    campaign.allow_duplicates = a.allow_duplicates;
+    campaign.shard = shard;
+    campaign.handle_ctrl_c = true;
+    Ok(SendPlan {
+        campaign,
+        list_total: list_total.map(|t| shard.map_or(t, |s| s.rows_of(t))),
         quiet: a.quiet,
+        verbose: conn.verbose,
         label: None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let s = Duration::from_secs(1);
-        assert_eq!(backoff(s, 1), s);
-        assert_eq!(backoff(s, 2), 2 * s);
-        assert_eq!(backoff(s, 4), 8 * s);
-        assert_eq!(backoff(s, 30), Duration::from_secs(60));
-    }
 }

@@ -8,10 +8,11 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 
 use crate::cli::{DemoArgs, ProxyArgs, SinkArgs};
-use crate::config::ConnPlan;
+use crate::config::SendPlan;
 use crate::exit::{Exit, Failure, fail};
 use crate::progress::thousands;
-use crate::send::{self, FromSource, SendPlan, Summary};
+use crate::send;
+use pipemail::campaign::{Campaign, FromSource, ScheduleConfig, Summary};
 use pipemail::driver::{ConnectOptions, Target, TlsSettings};
 use pipemail::engine::{self, PipeliningPolicy, TlsPolicy};
 use pipemail::input::ListReader;
@@ -215,30 +216,32 @@ pub(crate) fn run(a: &DemoArgs) -> Result<Exit, Failure> {
             connect_timeout: Duration::from_secs(10),
         };
         let report_path = out_dir.join(mode.file);
-        let plan = SendPlan {
-            conn: ConnPlan {
-                connect,
-                verbose: false,
-            },
-            list: list_reader,
-            list_total: Some(rows as u64),
+        let mut campaign = Campaign::new(
+            connect,
+            list_reader,
             template,
-            from: FromSource::Fixed("news@example.org".into()),
-            report: Some((report_path.display().to_string(), Format::Csv)),
-            resume: None,
-            skip_unknown: false,
-            connections: 1,
-            max_per_connection: 0,
-            rate: None,
+            FromSource::Fixed("news@example.org".into()),
+        );
+        campaign.report = Some((report_path.display().to_string(), Format::Csv));
+        campaign.schedule = ScheduleConfig {
             retries: 1,
             retry_delay: Duration::from_millis(100),
-            allow_duplicates: false,
-            shard: None,
+            ..ScheduleConfig::default()
+        };
+        campaign.handle_ctrl_c = true;
+        let plan = SendPlan {
+            campaign,
+            list_total: Some(rows as u64),
             quiet: a.quiet,
+            verbose: false,
             label: Some(mode.name.to_string()),
         };
         let s = send::run(plan)?;
-        eprintln!("pipemail demo: {:<10} {}", mode.name, s.line());
+        eprintln!(
+            "pipemail demo: {:<10} {}",
+            mode.name,
+            send::summary_line(&s)
+        );
         results.push((mode, s));
     }
     let st = sink.stop();

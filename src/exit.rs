@@ -1,6 +1,13 @@
 //! Exit codes (sendmail's sysexits.h): public API, never renumbered.
+//!
+//! The one table from errors to codes: [`for_input`] (list errors), [`for_campaign`] (what
+//! stops a run), [`for_summary`] (how a finished run ended). README's table and `--help`
+//! ([`EXIT_CODES_HELP`]) list the same codes; a unit test checks they agree.
 
 use std::process::ExitCode;
+
+use pipemail::campaign::{CampaignError, Summary};
+use pipemail::input::InputError;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +25,7 @@ pub(crate) enum Exit {
     /// 69: no SMTP session could be established (refused, 421/554 greeting, TLS or
     /// pipelining required but absent, AUTH failed) and nothing was sent.
     Unavailable,
-    /// 70: a bug in pipemail.
+    /// 70: internal error (a bug in pipemail, or a thread or the runtime could not start).
     Software,
     /// 74: I/O error (the report could not be written).
     IoErr,
@@ -55,6 +62,49 @@ impl Exit {
     }
 }
 
+/// A list error: the file missing or unreadable is 66, anything in its content 65.
+pub(crate) fn for_input(e: &InputError) -> Exit {
+    match e {
+        InputError::Io { .. } => Exit::NoInput,
+        _ => Exit::DataErr,
+    }
+}
+
+/// What stopped a run.
+pub(crate) fn for_campaign(e: &CampaignError) -> Exit {
+    match e {
+        CampaignError::List(e) => for_input(e),
+        CampaignError::ReportCreate { .. }
+        | CampaignError::JournalCreate { .. }
+        | CampaignError::ReportWrite(_)
+        | CampaignError::JournalWrite(_)
+        | CampaignError::JournalRemove(_)
+        | CampaignError::CarryRemove(_) => Exit::IoErr,
+        CampaignError::Start { .. } | CampaignError::Internal(_) => Exit::Software,
+    }
+}
+
+/// How a finished run ended.
+pub(crate) fn for_summary(s: &Summary) -> Exit {
+    let not_ok = s.failed + s.deferred + s.unknown;
+    if not_ok == 0 {
+        return Exit::Ok;
+    }
+    if !s.any_session && s.sent_this_run == 0 {
+        return Exit::Unavailable;
+    }
+    if s.sent_this_run == 0 && s.failed == 0 {
+        return Exit::TempFail;
+    }
+    Exit::Partial
+}
+
+impl From<CampaignError> for Failure {
+    fn from(e: CampaignError) -> Self {
+        Self::new(for_campaign(&e), e)
+    }
+}
+
 impl From<Exit> for ExitCode {
     fn from(e: Exit) -> Self {
         Self::from(e.code())
@@ -88,7 +138,104 @@ Exit codes (sysexits.h):
   1   run completed, some rows failed, deferred or unknown (see the report)
   64  usage error
   65  bad list or template data
-  66  an input file is missing
+  66  an input file is missing or unreadable
   69  no SMTP session could be established and nothing was sent
+  70  internal error (a bug; please report it)
   74  the report could not be written
   75  nothing delivered and every failure temporary: try again later";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Exit; 9] = [
+        Exit::Ok,
+        Exit::Partial,
+        Exit::Usage,
+        Exit::DataErr,
+        Exit::NoInput,
+        Exit::Unavailable,
+        Exit::Software,
+        Exit::IoErr,
+        Exit::TempFail,
+    ];
+
+    /// Every code the program can return is in `--help` and in README's table.
+    #[test]
+    fn help_and_readme_list_every_code() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("## Exit codes")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has an Exit codes section");
+        for e in ALL {
+            let code = e.code();
+            assert!(
+                EXIT_CODES_HELP
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{code} "))),
+                "--help lacks {code}"
+            );
+            assert!(
+                table.contains(&format!("| {code} |")),
+                "README's exit table lacks {code}"
+            );
+        }
+        let listed = EXIT_CODES_HELP.lines().skip(1).count();
+        assert_eq!(
+            listed,
+            ALL.len(),
+            "--help lists a code the program never returns"
+        );
+    }
+
+    #[test]
+    fn input_errors_map_to_one_code_each() {
+        let io = InputError::Io {
+            file: "l.csv".into(),
+            line: None,
+            error: std::io::Error::other("disk on fire"),
+        };
+        assert_eq!(for_input(&io), Exit::NoInput);
+        let empty = InputError::Empty {
+            file: "l.csv".into(),
+        };
+        assert_eq!(for_input(&empty), Exit::DataErr);
+        assert_eq!(for_campaign(&CampaignError::List(empty)), Exit::DataErr);
+        assert_eq!(for_campaign(&CampaignError::Internal("x")), Exit::Software);
+    }
+
+    #[test]
+    fn summary_exit_policy() {
+        let base = Summary {
+            rows: 2,
+            any_session: true,
+            ..Summary::default()
+        };
+        let ok = Summary {
+            sent: 2,
+            sent_this_run: 2,
+            ..base.clone()
+        };
+        assert_eq!(for_summary(&ok), Exit::Ok);
+        let partial = Summary {
+            sent: 1,
+            sent_this_run: 1,
+            failed: 1,
+            ..base.clone()
+        };
+        assert_eq!(for_summary(&partial), Exit::Partial);
+        let temp = Summary {
+            deferred: 2,
+            ..base.clone()
+        };
+        assert_eq!(for_summary(&temp), Exit::TempFail);
+        let none = Summary {
+            deferred: 2,
+            any_session: false,
+            ..base
+        };
+        assert_eq!(for_summary(&none), Exit::Unavailable);
+    }
+}

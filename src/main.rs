@@ -61,9 +61,9 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 return send::dry_run(plan);
             }
             let summary = send::run(plan)?;
-            let exit = summary.exit();
+            let exit = exit::for_summary(&summary);
             if !quiet || exit != Exit::Ok {
-                eprintln!("pipemail: {}", summary.line());
+                eprintln!("pipemail: {}", send::summary_line(&summary));
             }
             // 69 and 75 come from a finished run, not from an error: their hints go here.
             if let Some(h) = exit.hint() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 
-use crate::send::Summary;
+use pipemail::campaign::{RoundTrips, Tally};
 
 pub(crate) struct Progress {
     bar: ProgressBar,
@@ -139,7 +139,8 @@ impl Progress {
         Self { bar }
     }
 
-    pub(crate) fn update(&self, s: &Summary, rt_used: u64, rt_lockstep: u64) {
+    pub(crate) fn update(&self, s: &Tally, rt: RoundTrips) {
+        let (rt_used, rt_lockstep) = (rt.used, rt.lockstep);
         if self.bar.is_hidden() {
             return;
         }

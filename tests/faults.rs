@@ -46,6 +46,8 @@
 //! answered command into a timeout. A `Stall` case that fails only because a reply that was
 //! sent arrived after 400 ms is re-run once with a 3 s timeout and must then pass.
 
+mod util;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -58,6 +60,7 @@ use std::time::{Duration, Instant};
 
 use pipemail::report::{ReportRow, Status};
 use pipemail::sink::{Fault, FaultPlan, SinkConfig, SinkHandle, StoredMessage};
+use util::Rng;
 
 const DEFAULT_CASES: usize = 1000;
 const BASE_SEED: u64 = 0x7069_7065_6d61_696c; // "pipemail"
@@ -66,33 +69,6 @@ const PARALLEL: usize = 4;
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 // ----- PRNG -----------------------------------------------------------------------------
-
-/// SplitMix64: tiny, fast, and good enough to pick test cases.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.next() % den < num
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[(self.next() % items.len() as u64) as usize]
-    }
-}
 
 fn case_seed(index: usize) -> u64 {
     Rng(BASE_SEED ^ (index as u64).wrapping_mul(0xA076_1D64_78BD_642F)).next()
@@ -332,7 +308,7 @@ fn run_against(cfg: SinkConfig, case: &Case, timeout: &str) -> Result<RunOutput,
     if std::env::var_os("PIPEMAIL_FAULT_VERBOSE").is_some() {
         let _ = writeln!(std::io::stderr(), "{}\n{stderr}", case.describe());
     }
-    let report = read_report(&report_path)?;
+    let report = util::try_read_report(&report_path)?;
     let stored = sink.messages();
     drop(sink);
     Ok(RunOutput {
@@ -341,13 +317,6 @@ fn run_against(cfg: SinkConfig, case: &Case, timeout: &str) -> Result<RunOutput,
         report,
         stored,
     })
-}
-
-fn read_report(path: &Path) -> Result<Vec<ReportRow>, String> {
-    let mut rdr = csv::Reader::from_path(path).map_err(|e| format!("report: {e}"))?;
-    rdr.deserialize()
-        .collect::<Result<Vec<ReportRow>, _>>()
-        .map_err(|e| format!("report: {e}"))
 }
 
 /// Checks the invariant of the module docs; `Err` describes the first violations.

@@ -21,6 +21,8 @@
 //!
 //! `PIPEMAIL_KILL_SEED=N` replays one list (printed on failure).
 
+mod util;
+
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -31,29 +33,13 @@ use std::time::{Duration, Instant};
 
 use pipemail::report::{ReportRow, Status};
 use pipemail::sink::{SinkConfig, SinkHandle, StoredMessage};
+use util::Rng;
 
 const LISTS: u64 = 24;
 const ROWS: u64 = 50;
 const BASE_SEED: u64 = 0x6b69_6c6c; // "kill"
 /// Bound on waiting for a report row count or for a run to finish.
 const WAIT: Duration = Duration::from_secs(60);
-
-/// SplitMix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
 
 fn email(row: u64) -> String {
     format!("k{row}@example.net")
@@ -150,13 +136,6 @@ fn report_rows(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn read_report(path: &Path) -> Vec<ReportRow> {
-    let mut rdr = csv::Reader::from_path(path).expect("report");
-    rdr.deserialize()
-        .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| panic!("report {}: {e}", path.display()))
-}
-
 /// Rows in the report (complete records only) and rows in the journal, read after a kill.
 fn in_flight(files: &Files) -> BTreeSet<u64> {
     let text = std::fs::read_to_string(files.path("r.csv")).unwrap_or_default();
@@ -246,7 +225,12 @@ fn run_list(plan: &Plan) -> Result<(u64, Vec<u64>), String> {
     if code != Some(0) {
         return Err(format!("the last resume exited {code:?}"));
     }
-    check(plan, &read_report(&files.path(last)), &stored, &flights)
+    check(
+        plan,
+        &util::read_report(&files.path(last)),
+        &stored,
+        &flights,
+    )
 }
 
 fn check(

@@ -4,73 +4,27 @@
 //! what the client sent.
 
 mod fake_smtp;
+mod util;
 
-use std::io::{Read, Write as _};
-use std::net::SocketAddr;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use fake_smtp::{FakeSmtp, Step, expect, send};
 use pipemail::report::{ReportRow, Status};
 use pipemail::sink::{SinkConfig, SinkHandle, StoredMessage};
+use util::{Out, mem_sink, sink_with};
 
 /// Longest any single pipemail run may take.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 const HELO: &str = "security.test";
 
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// Runs `cmd` with stdout and stderr captured, killing it past [`RUN_LIMIT`]. pipemail's
-/// variables from the test's environment are cleared unless `cmd` sets them.
-fn run(mut cmd: Command) -> Out {
-    for var in ["PIPEMAIL_HOST", "PIPEMAIL_USER", "PIPEMAIL_PASSWORD"] {
-        if !cmd.get_envs().any(|(k, _)| k == var) {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let started = Instant::now();
-    let mut child = cmd.spawn().expect("spawn pipemail");
-    let mut so = child.stdout.take().expect("stdout");
-    let mut se = child.stderr.take().expect("stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = so.read_to_end(&mut s);
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = se.read_to_end(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if started.elapsed() > RUN_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("pipemail did not finish within {RUN_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let elapsed = started.elapsed();
-    Out {
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned(),
-        stderr: String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned(),
-        elapsed,
-    }
+/// Runs `cmd` with stdout and stderr captured, killing it past [`RUN_LIMIT`].
+fn run(cmd: Command) -> Out {
+    util::run_std(cmd, RUN_LIMIT)
 }
 
 fn pipemail() -> Command {
@@ -107,29 +61,11 @@ fn send_cmd(dir: &Path, host: &str, list: &[u8], template: &[u8], args: &[&str])
 }
 
 fn report(dir: &Path) -> Vec<ReportRow> {
-    let mut rdr = csv::Reader::from_path(dir.join("r.csv")).expect("report");
-    rdr.deserialize()
-        .collect::<Result<_, _>>()
-        .expect("report rows")
-}
-
-fn mem_sink() -> SinkHandle {
-    sink_with(SinkConfig::default())
-}
-
-fn sink_with(cfg: SinkConfig) -> SinkHandle {
-    SinkHandle::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        SinkConfig {
-            keep_in_memory: true,
-            ..cfg
-        },
-    )
-    .expect("sink")
+    util::read_report(&dir.join("r.csv"))
 }
 
 fn host(sink: &SinkHandle) -> String {
-    sink.local_addr().to_string()
+    util::host_of(sink)
 }
 
 const TEMPLATE: &[u8] = b"From: Sender <sender@example.org>\n\
@@ -502,7 +438,7 @@ fn password_never_appears_in_transcripts_reports_or_errors() {
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stderr.contains("C: AUTH PLAIN ****"), "{}", out.stderr);
     assert_no_secret("the -v transcript", &out.stderr);
-    assert_no_secret("stdout", &out.stdout);
+    assert_no_secret("stdout", &out.stdout_text());
     let report_text = std::fs::read_to_string(dir.path().join("r.csv")).expect("report");
     assert_no_secret("the report", &report_text);
     assert_eq!(sink.messages().len(), 1);

@@ -1,0 +1,105 @@
+//! Job → engine [`Message`]: the template rendered for the row, the envelope sender chosen.
+//!
+//! Pure apart from the `now` passed in for `Date:` and Message-IDs. It runs on the connection
+//! task that sends the message (the server's SMTPUTF8 decides header encoding); a signing
+//! step (DKIM) would sit between this and the pool.
+
+use time::OffsetDateTime;
+
+use crate::engine::Message;
+use crate::input::Row;
+use crate::template::{RenderOptions, Template, from_address_of};
+
+/// Where the envelope sender comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FromSource {
+    /// `--from`, or the template's literal From address.
+    Fixed(String),
+    /// The From header is templated: the address is read from each rendered message.
+    PerRow,
+}
+
+/// A rendered message and what the report needs from it.
+#[derive(Debug)]
+pub struct Rendered {
+    /// The message for the engine (`id` is the row number).
+    pub message: Message,
+    /// The Message-ID header sent.
+    pub message_id: String,
+    /// A header value had control characters replaced by spaces.
+    pub sanitized: bool,
+}
+
+/// Renders rows of one list with one template.
+#[derive(Debug)]
+pub struct Renderer {
+    template: Template,
+    headers: Vec<String>,
+    from: FromSource,
+    message_id_domain: Option<String>,
+}
+
+impl Renderer {
+    /// `headers` are the list's column names.
+    pub fn new(template: Template, headers: Vec<String>, from: FromSource) -> Self {
+        let message_id_domain = match &from {
+            FromSource::Fixed(f) => f.rsplit_once('@').map(|(_, d)| d.to_string()),
+            FromSource::PerRow => None,
+        };
+        Self {
+            template,
+            headers,
+            from,
+            message_id_domain,
+        }
+    }
+
+    /// The row's message; `Err(why)` fails the row at stage `input`.
+    pub fn render(
+        &self,
+        row: &Row,
+        smtputf8: bool,
+        now: OffsetDateTime,
+    ) -> Result<Rendered, String> {
+        let opts = RenderOptions {
+            smtputf8,
+            now,
+            message_id_domain: self.message_id_domain.clone(),
+        };
+        let rendered = self
+            .template
+            .render(row, &self.headers, &opts)
+            .map_err(|e| e.to_string())?;
+        let from = match &self.from {
+            FromSource::Fixed(f) => f.clone(),
+            FromSource::PerRow => from_address_of(&rendered.data)
+                .ok_or("the rendered message has no From address (use --from)")?,
+        };
+        Ok(Rendered {
+            message: Message {
+                id: row.number,
+                from,
+                to: vec![row.email.clone()],
+                data: rendered.data,
+            },
+            message_id: rendered.message_id,
+            sanitized: rendered.sanitized,
+        })
+    }
+
+    /// `--dry-run`'s rendering: as for a server without SMTPUTF8, default Message-ID domain.
+    pub fn preview(
+        &self,
+        row: &Row,
+        now: OffsetDateTime,
+    ) -> Result<crate::template::Rendered, String> {
+        let opts = RenderOptions {
+            smtputf8: false,
+            now,
+            message_id_domain: None,
+        };
+        self.template
+            .render(row, &self.headers, &opts)
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,526 @@
+//! The pool: the threads and tasks around the sans-IO [`Schedule`].
+//!
+//! One thread reads the list and decides each row ([`JobFilter`]); N tokio tasks each own one
+//! SMTP session at a time ([`Connection`]); one thread keeps the counts for the observer
+//! (progress bar). A report row is written (one write, under a lock) by whichever thread
+//! decided it, at once: after a kill -9 only rows still in a pipeline can be missing from the
+//! report, so `--resume` re-sends at most one window per session. Jobs flow through the
+//! bounded schedule so memory stays flat.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::jobs::{Decision, JobFilter, row_report};
+use super::render::Renderer;
+use super::schedule::{Job, Poll, Schedule, backoff};
+use super::session::{SessionEnd, run_session};
+use super::{Campaign, CampaignError, List, Observer, RoundTrips, Summary, Tally};
+use crate::driver::{ConnectOptions, Connection};
+use crate::report::{Journal, ReportRow, ReportWriter, ResumeState, Stage, Status};
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The schedule behind one lock, with the wake-ups the tasks and the list thread wait on.
+pub(super) struct Queue {
+    pub(super) state: Mutex<Schedule>,
+    /// Mirrors [`Schedule::is_stopped`] for checks without the lock.
+    pub(super) stopped: AtomicBool,
+    /// The list thread waits here while the schedule is full.
+    pub(super) space: Condvar,
+    pub(super) notify: tokio::sync::Notify,
+}
+
+impl Queue {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Schedule> {
+        lock(&self.state)
+    }
+
+    /// List thread: blocks while the queue is full (until a taker drains it to half).
+    fn push(&self, job: Job) -> Result<(), Job> {
+        let mut st = self.lock();
+        while st.is_full() && !st.is_stopped() {
+            st = self.space.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        let r = st.push(job);
+        drop(st);
+        if r.is_ok() {
+            self.notify.notify_waiters();
+        }
+        r
+    }
+
+    fn producer_done(&self) {
+        self.lock().producer_done();
+        self.notify.notify_waiters();
+    }
+
+    pub(super) fn stop(&self) {
+        self.lock().stop();
+        self.stopped.store(true, Ordering::SeqCst);
+        self.space.notify_all();
+        self.notify.notify_waiters();
+    }
+
+    pub(super) fn finish(&self) {
+        self.lock().finish();
+        self.notify.notify_waiters();
+    }
+
+    /// A job for a session that has sent `messages`.
+    pub(super) fn poll_job(&self, messages: u64) -> Poll {
+        let mut st = self.lock();
+        let p = st.poll_job(Instant::now(), messages);
+        // Wake the list thread once per half queue, not once per job: a wake-up costs a
+        // futex call and a context switch, as much CPU as sending a message.
+        let refill = matches!(p, Poll::Job { .. }) && st.queued() == st.config().queue_cap / 2;
+        drop(st);
+        if refill {
+            self.space.notify_one();
+        }
+        p
+    }
+
+    /// Waits until a job is ready; `false` when all work is done or the run stopped.
+    pub(super) async fn wait_for_work(&self) -> bool {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wait = {
+                let st = self.lock();
+                if st.is_stopped() || st.is_finished() {
+                    return false;
+                }
+                if st.has_ready_job(Instant::now()) {
+                    return true;
+                }
+                st.poll_timeout()
+            };
+            match wait {
+                Some(t) => {
+                    tokio::select! {
+                        () = &mut notified => {}
+                        () = tokio::time::sleep_until(t.into()) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// The last slot to leave: takes what is left, whatever its time, until the list is done.
+    async fn drain(&self) -> Option<Job> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if let Some(j) = st.drain() {
+                    return Some(j);
+                }
+                if st.is_finished() {
+                    return None;
+                }
+            }
+            self.space.notify_one();
+            notified.await;
+        }
+    }
+}
+
+pub(super) enum ReportMsg {
+    Row(Status),
+    Sanitized,
+    Fatal(CampaignError),
+}
+
+pub(super) struct Ctx {
+    pub(super) connect: ConnectOptions,
+    pub(super) renderer: Renderer,
+    pub(super) queue: Arc<Queue>,
+    pub(super) report: tokio::sync::mpsc::UnboundedSender<ReportMsg>,
+    pub(super) journal: Option<Mutex<Journal>>,
+    pub(super) live_workers: AtomicU64,
+    /// The report: written by whichever thread has the row, one row per write.
+    pub(super) writer: Mutex<Option<ReportWriter>>,
+    pub(super) write_error: Mutex<Option<String>>,
+    /// Set once the lock-step fallback was announced.
+    pub(super) warned_lockstep: AtomicBool,
+    pub(super) any_session: AtomicBool,
+    pub(super) last_error: Mutex<Option<String>>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) observer: Arc<dyn Observer>,
+}
+
+/// Shared with the report thread (which must not hold the report sender).
+#[derive(Default)]
+pub(super) struct Counters {
+    pub(super) rt_used: AtomicU64,
+    pub(super) rt_lockstep: AtomicU64,
+    pub(super) sent: AtomicU64,
+}
+
+impl Ctx {
+    /// Writes the row to the report at once (so a row is never both "done" in the engine
+    /// and missing from the report for longer than this call: after a kill -9 only rows in
+    /// the pipeline can be unknown), then tells the report thread for the counts.
+    pub(super) fn send_report(&self, row: &ReportRow) {
+        let failed = {
+            let mut w = lock(&self.writer);
+            match w.as_mut().map(|writer| writer.write(row)) {
+                Some(Err(e)) => {
+                    lock(&self.write_error).get_or_insert_with(|| e.to_string());
+                    *w = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if failed {
+            self.queue.stop();
+        }
+        let _ = self.report.send(ReportMsg::Row(row.status));
+    }
+
+    pub(super) fn set_error(&self, e: &str) {
+        *lock(&self.last_error) = Some(e.to_string());
+    }
+
+    pub(super) fn error_text(&self) -> String {
+        lock(&self.last_error)
+            .clone()
+            .unwrap_or_else(|| "no SMTP session could be established".into())
+    }
+
+    pub(super) fn stopped(&self) -> bool {
+        self.queue.stopped.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs a campaign; see [`Campaign::run`].
+pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, CampaignError> {
+    let started = Instant::now();
+    let headers = c.list.headers().to_vec();
+    let (writer, journal) = match &c.report {
+        Some((path, format)) => {
+            let w = ReportWriter::create(path, *format).map_err(|source| {
+                CampaignError::ReportCreate {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            let j = if path == "-" {
+                None
+            } else {
+                Some(
+                    Journal::create(path).map_err(|source| CampaignError::JournalCreate {
+                        path: path.clone(),
+                        source,
+                    })?,
+                )
+            };
+            (Some(w), j)
+        }
+        None => (None, None),
+    };
+    let (report_tx, report_rx) = tokio::sync::mpsc::unbounded_channel();
+    let counters = Arc::new(Counters::default());
+    let queue = Arc::new(Queue {
+        state: Mutex::new(Schedule::new(c.schedule)),
+        stopped: AtomicBool::new(false),
+        space: Condvar::new(),
+        notify: tokio::sync::Notify::new(),
+    });
+    c.stopper.attach(&queue);
+    let stopper = c.stopper.clone();
+    let ctx = Arc::new(Ctx {
+        connect: c.connect,
+        renderer: Renderer::new(c.template, headers, c.from),
+        queue: Arc::clone(&queue),
+        report: report_tx,
+        journal: journal.map(Mutex::new),
+        live_workers: AtomicU64::new(u64::from(c.connections)),
+        writer: Mutex::new(writer),
+        write_error: Mutex::new(None),
+        warned_lockstep: AtomicBool::new(false),
+        any_session: AtomicBool::new(false),
+        last_error: Mutex::new(None),
+        counters: Arc::clone(&counters),
+        observer: Arc::clone(&observer),
+    });
+
+    // Report thread: the counts and the observer. It holds no report sender, so it ends
+    // when the context is dropped; on a fatal error it stops the schedule.
+    let stop_queue = Arc::clone(&queue);
+    let rt_counters = Arc::clone(&counters);
+    let obs = Arc::clone(&observer);
+    let report_thread = std::thread::Builder::new()
+        .name("report".into())
+        .spawn(move || tally(report_rx, &*obs, &rt_counters, &stop_queue))
+        .map_err(|source| CampaignError::Start {
+            what: "report thread",
+            source,
+        })?;
+
+    // List thread.
+    let pctx = Arc::clone(&ctx);
+    let filter = JobFilter::new(c.shard, c.allow_duplicates, c.resume, c.skip_unknown);
+    let list = c.list;
+    let producer = std::thread::Builder::new()
+        .name("list".into())
+        .spawn(move || produce(list, filter, &pctx))
+        .map_err(|source| CampaignError::Start {
+            what: "list thread",
+            source,
+        })?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        // One session task per connection: a second worker thread only helps with two or
+        // more, and with one it costs cross-thread wake-ups on every reply.
+        .worker_threads(c.connections.clamp(1, 2) as usize)
+        .enable_all()
+        .build()
+        .map_err(|source| CampaignError::Start {
+            what: "runtime",
+            source,
+        })?;
+    let connections = c.connections;
+    let handle_ctrl_c = c.handle_ctrl_c;
+    rt.block_on(async {
+        if handle_ctrl_c {
+            let sig = Arc::clone(&ctx);
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    sig.observer.interrupted();
+                    stopper.stop();
+                    if tokio::signal::ctrl_c().await.is_ok() {
+                        sig.observer.aborted();
+                    }
+                }
+            });
+        }
+        let mut tasks = Vec::new();
+        for _ in 0..connections {
+            let c = Arc::clone(&ctx);
+            tasks.push(tokio::spawn(async move { worker(&c).await }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    drop(rt); // ends the Ctrl-C task and its reference to the context
+    c.stopper.detach();
+    let resume = producer
+        .join()
+        .map_err(|_| CampaignError::Internal("list thread panicked"))?;
+    let any_session = ctx.any_session.load(Ordering::SeqCst);
+    let session_error = lock(&ctx.last_error).clone();
+    // Dropping the context closes the report channel: the report thread then finishes.
+    let Ok(ctx) = Arc::try_unwrap(ctx) else {
+        return Err(CampaignError::Internal("the run context is still shared"));
+    };
+    let journal = ctx
+        .journal
+        .map(|j| j.into_inner().unwrap_or_else(PoisonError::into_inner));
+    let writer = ctx
+        .writer
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let write_error = ctx
+        .write_error
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    drop(ctx.report);
+    let (tally, sanitized, fatal) = report_thread
+        .join()
+        .map_err(|_| CampaignError::Internal("report thread panicked"))?;
+    if let Some(f) = fatal {
+        return Err(f);
+    }
+    if let Some(e) = write_error {
+        return Err(CampaignError::ReportWrite(e));
+    }
+    if let Some(w) = writer {
+        w.finish()
+            .map_err(|e| CampaignError::ReportWrite(e.to_string()))?;
+    }
+    if let Some(j) = journal {
+        j.finish().map_err(CampaignError::JournalRemove)?;
+    }
+    if let Some(r) = resume {
+        r.finish().map_err(CampaignError::CarryRemove)?;
+    }
+    Ok(Summary {
+        rows: tally.rows,
+        sent: tally.sent,
+        failed: tally.failed,
+        deferred: tally.deferred,
+        skipped: tally.skipped,
+        unknown: tally.unknown,
+        sanitized_rows: sanitized,
+        rt_used: counters.rt_used.load(Ordering::SeqCst),
+        rt_lockstep: counters.rt_lockstep.load(Ordering::SeqCst),
+        elapsed: started.elapsed(),
+        any_session,
+        session_error,
+        sent_this_run: counters.sent.load(Ordering::SeqCst),
+    })
+}
+
+/// How long the report thread naps between batches while rows keep coming.
+const REPORT_COALESCE: Duration = Duration::from_millis(1);
+
+/// The next message for the report thread. While rows keep coming it takes them in batches,
+/// napping `REPORT_COALESCE` whenever the channel runs dry, instead of blocking on the channel:
+/// a blocked receiver is woken by every send (a futex call and a context switch per message,
+/// more CPU than sending the message). Once a nap brings nothing, it blocks again. Rows are
+/// written by the thread that decided them; only the counts wait for the nap.
+fn next_report(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<ReportMsg>,
+    busy: &mut bool,
+) -> Option<ReportMsg> {
+    use tokio::sync::mpsc::error::TryRecvError;
+    loop {
+        match rx.try_recv() {
+            Ok(msg) => {
+                *busy = true;
+                return Some(msg);
+            }
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if *busy => {
+                *busy = false;
+                std::thread::sleep(REPORT_COALESCE);
+            }
+            Err(TryRecvError::Empty) => {
+                let msg = rx.blocking_recv();
+                *busy = msg.is_some();
+                return msg;
+            }
+        }
+    }
+}
+
+fn tally(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ReportMsg>,
+    observer: &dyn Observer,
+    counters: &Counters,
+    queue: &Queue,
+) -> (Tally, u64, Option<CampaignError>) {
+    let mut t = Tally::default();
+    let mut sanitized = 0;
+    let mut fatal = None;
+    let mut busy = false;
+    while let Some(msg) = next_report(&mut rx, &mut busy) {
+        match msg {
+            ReportMsg::Row(status) => {
+                t.rows += 1;
+                match status {
+                    Status::Sent => t.sent += 1,
+                    Status::Failed => t.failed += 1,
+                    Status::Deferred => t.deferred += 1,
+                    Status::Skipped => t.skipped += 1,
+                    Status::Unknown => t.unknown += 1,
+                }
+                let rt = RoundTrips {
+                    used: counters.rt_used.load(Ordering::Relaxed),
+                    lockstep: counters.rt_lockstep.load(Ordering::Relaxed),
+                };
+                observer.row(&t, rt);
+            }
+            ReportMsg::Sanitized => sanitized += 1,
+            ReportMsg::Fatal(f) => {
+                queue.stop();
+                fatal.get_or_insert(f);
+            }
+        }
+    }
+    observer.finished();
+    (t, sanitized, fatal)
+}
+
+fn produce(mut list: List, mut filter: JobFilter, ctx: &Ctx) -> Option<ResumeState> {
+    while let Some(item) = list.next_row() {
+        let row = match item {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ctx.report.send(ReportMsg::Fatal(CampaignError::List(e)));
+                break;
+            }
+        };
+        match filter.decide(row) {
+            Decision::OtherShard => {}
+            Decision::Report(r) => ctx.send_report(&r),
+            Decision::Send(job) => {
+                if let Err(job) = ctx.queue.push(job) {
+                    let mut r = row_report(&job.row, Status::Deferred, Some(Stage::Connect), 0);
+                    r.response = "not sent: the run was stopped".into();
+                    ctx.send_report(&r);
+                }
+            }
+        }
+    }
+    ctx.queue.producer_done();
+    filter.into_resume()
+}
+
+/// One connection slot: opens sessions until the work is done or it gives up.
+async fn worker(ctx: &Ctx) {
+    let mut failures = 0u32;
+    let retries = ctx.queue.lock().config().retries;
+    let retry_delay = ctx.queue.lock().config().retry_delay;
+    // Wait for work before connecting, so idle slots don't hold sessions open.
+    while ctx.queue.wait_for_work().await {
+        let end = match Connection::open(&ctx.connect).await {
+            Ok(conn) => run_session(ctx, conn).await,
+            Err(e) => SessionEnd {
+                established: false,
+                error: Some(e.to_string()),
+                fatal: false,
+            },
+        };
+        if end.established {
+            failures = 0;
+        }
+        if let Some(e) = &end.error {
+            ctx.set_error(e);
+            if !end.established {
+                failures += 1;
+                if end.fatal || failures > retries {
+                    break;
+                }
+                tokio::time::sleep(backoff(retry_delay, failures)).await;
+            }
+        }
+    }
+    // The last slot to leave reports whatever is left, so every row appears once.
+    if ctx.live_workers.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let why = if ctx.stopped() {
+            "not sent: the run was stopped".to_string()
+        } else {
+            format!("not sent: {}", ctx.error_text())
+        };
+        while let Some(job) = ctx.queue.drain().await {
+            let status = if job.uncertain {
+                Status::Unknown
+            } else {
+                Status::Deferred
+            };
+            let mut r = row_report(&job.row, status, Some(Stage::Connect), job.attempts);
+            r.response = if job.uncertain {
+                format!("{UNCERTAIN_NOTE}; then {why}")
+            } else {
+                why.clone()
+            };
+            ctx.send_report(&r);
+        }
+    }
+}
+
+/// Response text of a row whose earlier attempt ended `unknown` and whose later attempts did
+/// not send it.
+pub(super) const UNCERTAIN_NOTE: &str =
+    "delivery unknown: an earlier attempt may have been delivered";

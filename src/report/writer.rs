@@ -1,0 +1,105 @@
+//! The report writers: CSV, JSON array, JSON lines; one flushed `write` per row.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Write};
+
+use super::{COLUMNS, Format, ReportRow};
+
+/// Writes the report, one flushed row at a time.
+pub struct ReportWriter {
+    out: Box<dyn Write + Send>,
+    format: Format,
+    buf: Vec<u8>,
+    rows: u64,
+}
+
+impl fmt::Debug for ReportWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReportWriter")
+            .field("format", &self.format)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReportWriter {
+    /// Creates (truncates) the report at `path` (`-` = standard output) and writes its start
+    /// (the CSV header row, or `[` for JSON).
+    pub fn create(path: &str, format: Format) -> io::Result<Self> {
+        let out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(io::stdout())
+        } else {
+            Box::new(File::create(path)?)
+        };
+        Self::from_writer(out, format)
+    }
+
+    /// Writes a report to any writer (used for tests and custom sinks).
+    pub fn from_writer(out: Box<dyn Write + Send>, format: Format) -> io::Result<Self> {
+        let mut w = Self {
+            out,
+            format,
+            buf: Vec::with_capacity(512),
+            rows: 0,
+        };
+        match format {
+            Format::Csv => {
+                let mut csv = csv::Writer::from_writer(&mut w.buf);
+                csv.write_record(COLUMNS)?;
+                csv.flush()?;
+            }
+            Format::Json => w.buf.extend_from_slice(b"[\n"),
+            Format::Jsonl => {}
+        }
+        w.flush_buf()?;
+        Ok(w)
+    }
+
+    fn flush_buf(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
+        self.out.flush()
+    }
+
+    /// Appends one row and flushes it to the file (one `write` call; no `fsync`).
+    pub fn write(&mut self, row: &ReportRow) -> io::Result<()> {
+        self.buf.clear();
+        match self.format {
+            Format::Csv => {
+                let mut csv = csv::Writer::from_writer(&mut self.buf);
+                csv.write_record(row.csv_fields())?;
+                csv.flush()?;
+            }
+            Format::Json => {
+                if self.rows > 0 {
+                    self.buf.extend_from_slice(b",\n");
+                }
+                serde_json::to_writer(&mut self.buf, row)?;
+            }
+            Format::Jsonl => {
+                serde_json::to_writer(&mut self.buf, row)?;
+                self.buf.push(b'\n');
+            }
+        }
+        self.rows += 1;
+        self.flush_buf()
+    }
+
+    /// Number of rows written.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Ends the report (closes the JSON array) and flushes it.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.buf.clear();
+        if self.format == Format::Json {
+            if self.rows > 0 {
+                self.buf.push(b'\n');
+            }
+            self.buf.extend_from_slice(b"]\n");
+        }
+        self.flush_buf()
+    }
+}
