@@ -309,7 +309,7 @@ pub fn strip_received(raw: &[u8]) -> &[u8] {
     let mut rest = raw;
     for name in [&b"Return-Path:"[..], b"Delivered-To:", b"Received:"] {
         if rest.len() >= name.len() && rest[..name.len()].eq_ignore_ascii_case(name) {
-            rest = super::skip_header_field(rest);
+            rest = super::postfix::skip_header_field(rest);
         }
     }
     rest
@@ -346,9 +346,9 @@ impl PostfixSmtpd {
 
     fn try_start_mode(postfix: &Path, mode: &str) -> Result<Self, String> {
         let base = scratch_base();
-        super::sweep_orphaned_instances(&base, postfix);
+        super::postfix::sweep_orphaned_instances(&base, postfix);
         let dir = tempfile::Builder::new()
-            .prefix(super::POSTFIX_DIR_PREFIX)
+            .prefix(super::postfix::POSTFIX_DIR_PREFIX)
             .tempdir_in(&base)
             .map_err(|e| format!("temp dir: {e}"))?;
         fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
@@ -366,7 +366,7 @@ impl PostfixSmtpd {
         let log_path = this.dir().join("start.log");
         let log = fs::File::create(&log_path).map_err(|e| format!("start.log: {e}"))?;
         let status = Command::new("bash")
-            .arg(super::postfix_script())
+            .arg(super::postfix::postfix_script())
             .arg("start")
             .arg(this.dir())
             .arg(port.to_string())

@@ -43,16 +43,16 @@ use super::*;
 /// (`cleanup_replace_stray_cr_lf = no`). So `strip_delivery_headers(file)` equals
 /// [`crlf_to_lf`]`(sent)` for a message with CRLF line ends and a header section.
 pub struct PostfixSmtpd {
-    dir: Option<tempfile::TempDir>,
-    addr: SocketAddr,
-    postfix: PathBuf,
+    pub(super) dir: Option<tempfile::TempDir>,
+    pub(super) addr: SocketAddr,
+    pub(super) postfix: PathBuf,
 }
 
-fn postfix_script() -> PathBuf {
+pub(super) fn postfix_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postfix-smtpd.sh")
 }
 
-const POSTFIX_DIR_PREFIX: &str = "pipemail-postfix-";
+pub(super) const POSTFIX_DIR_PREFIX: &str = "pipemail-postfix-";
 /// File in an instance's directory holding the pid of the test process that owns it.
 const OWNER_FILE: &str = "owner.pid";
 
@@ -70,7 +70,7 @@ fn run_stop_script(dir: &Path, postfix: &Path) -> std::io::Result<std::process::
 
 /// Stops and removes instances left running by test processes that died without dropping
 /// their [`PostfixSmtpd`] (killed, aborted); the Postfix master outlives its test.
-fn sweep_orphaned_instances(base: &Path, postfix: &Path) {
+pub(super) fn sweep_orphaned_instances(base: &Path, postfix: &Path) {
     let Ok(entries) = fs::read_dir(base) else {
         return;
     };
@@ -272,7 +272,7 @@ pub fn strip_delivery_headers(raw: &[u8]) -> &[u8] {
 }
 
 /// Skips one header field (its first line plus continuation lines starting with SP/TAB).
-fn skip_header_field(mut s: &[u8]) -> &[u8] {
+pub(super) fn skip_header_field(mut s: &[u8]) -> &[u8] {
     loop {
         match s.iter().position(|&b| b == b'\n') {
             Some(i) => s = &s[i + 1..],
