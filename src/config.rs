@@ -72,6 +72,7 @@ pub(crate) fn conn_plan(a: &ConnArgs) -> Result<ConnPlan, Failure> {
             data_end: a.data_timeout,
         },
         transcript: a.verbose,
+        ..engine::Config::default()
     };
     let tls = TlsSettings {
         insecure: a.insecure,

@@ -88,6 +88,39 @@ pub enum PipeliningPolicy {
     Require,
 }
 
+/// How far commands are pipelined once PIPELINING is advertised. The session starts at
+/// [`Config::pipelining_level`] and only ever steps down, on evidence (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum PipeliningLevel {
+    /// The next envelope rides in the same write as the previous message's final dot or
+    /// `BDAT … LAST`: about one round trip per message with DATA, a few per window with BDAT.
+    #[default]
+    CrossMessage,
+    /// Sync at end of data: nothing is written after a final dot or `BDAT … LAST` until its
+    /// reply arrived. MAIL, RCPT… and DATA (or `BDAT … LAST`) are still one group: about two
+    /// round trips per message with DATA, one with BDAT.
+    WithinMessage,
+    /// One command per round trip, as without PIPELINING.
+    LockStep,
+}
+
+impl PipeliningLevel {
+    /// Lower-case name, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CrossMessage => "cross-message",
+            Self::WithinMessage => "within-message",
+            Self::LockStep => "lock-step",
+        }
+    }
+}
+
+impl fmt::Display for PipeliningLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How TLS is used. The driver does the handshakes; the engine decides when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TlsPolicy {
@@ -161,6 +194,9 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Emit an [`Event::Exchange`] for every command and its reply.
     pub transcript: bool,
+    /// The pipelining level the session starts at (a campaign passes the level it learned
+    /// for this host on earlier connections). It only steps down from here.
+    pub pipelining_level: PipeliningLevel,
 }
 
 impl Default for Config {
@@ -176,6 +212,7 @@ impl Default for Config {
             window_bytes: 8 << 20,
             timeouts: Timeouts::default(),
             transcript: false,
+            pipelining_level: PipeliningLevel::CrossMessage,
         }
     }
 }
@@ -246,8 +283,36 @@ pub enum Event {
     Recipient(RcptOutcome),
     /// Every recipient of this message has been reported.
     MessageDone(MessageId),
+    /// The session lowered its pipelining level; messages the server refused for that reason
+    /// are sent again by the session (their outcomes come later, as usual).
+    SteppedDown(StepDown),
+    /// The server closed the connection right after a positive reply to a final dot or
+    /// `BDAT … LAST` while commands written after it were unanswered. Once is chance; a caller
+    /// that sees it twice for a host should start new sessions there at
+    /// [`PipeliningLevel::WithinMessage`]. Followed by [`Event::Closed`].
+    ClosedAfterEndOfData {
+        /// The level the session was at.
+        level: PipeliningLevel,
+        /// The first unanswered command written after the end of data.
+        verb: Verb,
+    },
     /// The session is over: `None` after a clean QUIT.
     Closed(Option<SessionError>),
+}
+
+/// Why and how the session lowered its pipelining level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepDown {
+    /// The level before.
+    pub from: PipeliningLevel,
+    /// The level from now on.
+    pub to: PipeliningLevel,
+    /// The command whose reply was the evidence.
+    pub verb: Verb,
+    /// That command as sent (only with `Config::transcript`).
+    pub command: Option<String>,
+    /// The reply that refused it.
+    pub reply: Reply,
 }
 
 /// Round-trip accounting.
@@ -291,6 +356,7 @@ enum MsgState {
 struct Msg {
     seq: u64,
     id: MessageId,
+    from: String,
     to: Vec<String>,
     data: Vec<u8>,
     state: MsgState,
@@ -303,6 +369,11 @@ struct Msg {
     octets: usize,
     /// No RCPT accepted (or MAIL failed): the body sent after a 354 is a lone dot.
     hollow: bool,
+    /// Its commands were pipelined (replies are then handled as a group).
+    pipelined: bool,
+    /// The server refused its MAIL because it followed an end of data: the remaining
+    /// replies are ignored and the message is sent again.
+    refused: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -325,6 +396,10 @@ struct Pending {
     what: Awaiting,
     round: u64,
     line: Option<String>,
+    /// Its reply must arrive before anything else is written.
+    gate: bool,
+    /// Written while a final dot / `BDAT … LAST` was unanswered.
+    after_eod: bool,
 }
 
 /// The SMTP client session. See the module docs for the I/O contract.
@@ -337,6 +412,8 @@ pub struct Session {
     parser: ReplyParser,
     in_flight: VecDeque<Pending>,
     queue: VecDeque<Message>,
+    /// Messages refused for a pipelining reason, sent again before `queue`.
+    retry: VecDeque<Message>,
     raw: VecDeque<RawCommand>,
     active: VecDeque<Msg>,
     next_seq: u64,
@@ -358,6 +435,11 @@ pub struct Session {
     /// In-flight commands that end a group (kept as a count so the planner does not rescan
     /// the FIFO for every message it adds).
     gates: usize,
+    /// Final dots / `BDAT … LAST` in flight.
+    eod_in_flight: usize,
+    /// The last reply was a 2xx to a final dot / `BDAT … LAST`.
+    last_reply_eod_ok: bool,
+    level: PipeliningLevel,
 }
 
 impl Session {
@@ -389,11 +471,18 @@ impl Session {
             hs_out: Vec::new(),
             committed: Vec::new(),
             gates: 1,
+            eod_in_flight: 0,
+            last_reply_eod_ok: false,
+            level: PipeliningLevel::CrossMessage,
+            retry: VecDeque::new(),
         };
+        s.level = s.cfg.pipelining_level;
         s.in_flight.push_back(Pending {
             what: Awaiting::Greeting,
             round: 1,
             line: None,
+            gate: true,
+            after_eod: false,
         });
         s
     }
@@ -430,12 +519,13 @@ impl Session {
         if matches!(self.phase, Phase::Closed | Phase::Quitting) || self.quit_requested {
             return false;
         }
-        let target = if self.phase == Phase::Ready && self.bdat_mode() {
+        let cross = self.level == PipeliningLevel::CrossMessage;
+        let target = if self.phase == Phase::Ready && self.bdat_mode() && cross {
             self.cfg.window.max(1)
         } else {
             1
         };
-        self.queue.len() + self.active.len() < target + usize::from(!self.bdat_mode())
+        self.messages_pending() < target + usize::from(!self.bdat_mode() || !cross)
     }
 
     /// True when nothing is queued, in flight or held and QUIT was not asked for: the session
@@ -444,6 +534,7 @@ impl Session {
         self.phase == Phase::Ready
             && self.in_flight.is_empty()
             && self.queue.is_empty()
+            && self.retry.is_empty()
             && self.active.is_empty()
             && self.raw.is_empty()
             && !self.quit_requested
@@ -476,7 +567,14 @@ impl Session {
 
     /// True when commands are pipelined on this session.
     pub fn pipelining(&self) -> bool {
-        self.cfg.pipelining != PipeliningPolicy::Off && self.caps.has(Extensions::PIPELINING)
+        self.cfg.pipelining != PipeliningPolicy::Off
+            && self.level < PipeliningLevel::LockStep
+            && self.caps.has(Extensions::PIPELINING)
+    }
+
+    /// The current pipelining level (it only steps down during a session).
+    pub fn pipelining_level(&self) -> PipeliningLevel {
+        self.level
     }
 
     /// True when messages go as pipelined BDAT chunks.
@@ -508,7 +606,7 @@ impl Session {
 
     /// Messages queued or in flight.
     pub fn messages_pending(&self) -> usize {
-        self.queue.len() + self.active.len()
+        self.queue.len() + self.retry.len() + self.active.len()
     }
 
     // ----- I/O contract -----------------------------------------------------------------
@@ -549,6 +647,16 @@ impl Session {
             let err = self.quit_error.take();
             self.close(err);
         } else {
+            if let Some(p) = self
+                .in_flight
+                .front()
+                .filter(|p| self.last_reply_eod_ok && p.after_eod)
+            {
+                self.events.push_back(Event::ClosedAfterEndOfData {
+                    level: self.level,
+                    verb: verb_of(p.what),
+                });
+            }
             self.close(Some(SessionError::Closed));
         }
     }
@@ -632,8 +740,12 @@ impl Session {
             if self.gate_in_flight() || (!pipelining && !self.in_flight.is_empty()) {
                 break;
             }
+            // Below CrossMessage nothing is written while an end of data is unanswered.
+            if self.level >= PipeliningLevel::WithinMessage && self.eod_in_flight > 0 {
+                break;
+            }
             // Lock-step commands from the caller go first, alone or pipelined as allowed.
-            if self.active.is_empty() && self.queue.is_empty() {
+            if self.active.is_empty() && self.queue.is_empty() && self.retry.is_empty() {
                 if let Some(cmd) = self.raw.pop_front() {
                     self.emit_raw(cmd, out);
                     continue;
@@ -650,8 +762,10 @@ impl Session {
                 .flatten()
             {
                 if !pipelining
+                    || self.level >= PipeliningLevel::WithinMessage
                     || self.flush_requested
                     || !self.queue.is_empty()
+                    || !self.retry.is_empty()
                     || self.quit_requested
                 {
                     self.flush_requested = false;
@@ -708,7 +822,7 @@ impl Session {
                 self.emit_line(out, Awaiting::Rset(gated), &["RSET"]);
                 continue;
             }
-            if let Some(msg) = self.queue.front() {
+            if let Some(msg) = self.retry.front().or(self.queue.front()) {
                 let mut octets = None;
                 if bdat {
                     if self.active.len() >= self.cfg.window.max(1) {
@@ -724,7 +838,10 @@ impl Session {
                 } else if self.active.iter().any(|m| m.state != MsgState::Committed) {
                     break;
                 }
-                let msg = self.queue.pop_front().expect("front() was Some");
+                let msg = match self.retry.pop_front() {
+                    Some(m) => m,
+                    None => self.queue.pop_front().expect("front() was Some"),
+                };
                 self.emit_message(msg, octets, out);
                 continue;
             }
@@ -784,7 +901,7 @@ impl Session {
             size_param = format!(" SIZE={size}");
         }
         let n = msg.to.len();
-        let from = msg.from.clone();
+        let from = msg.from;
         let params: [&str; 3] = [
             &size_param,
             if eight_bit { " BODY=8BITMIME" } else { "" },
@@ -802,6 +919,7 @@ impl Session {
         let mut m = Msg {
             seq,
             id: msg.id,
+            from,
             to: msg.to,
             data: msg.data,
             state: MsgState::Envelope,
@@ -811,8 +929,10 @@ impl Session {
             next_rcpt: 0,
             octets: 0,
             hollow: false,
+            pipelined: self.pipelining(),
+            refused: false,
         };
-        if self.pipelining() {
+        if m.pipelined {
             for i in 0..n {
                 let addr = std::mem::take(&mut m.to[i]);
                 self.emit_line(
@@ -842,7 +962,6 @@ impl Session {
                 self.committed.push(m.id);
                 self.committed_octets += octets;
                 m.state = MsgState::Committed;
-                m.data = Vec::new();
             } else {
                 self.emit_line(
                     out,
@@ -866,7 +985,6 @@ impl Session {
             body::encode_data_into(&m.data, out);
             self.committed.push(m.id);
         }
-        m.data = Vec::new();
         m.state = MsgState::Committed;
         let seq = m.seq;
         let line = self.cfg.transcript.then(|| ".".to_string());
@@ -919,11 +1037,17 @@ impl Session {
     }
 
     fn push(&mut self, what: Awaiting, line: Option<String>) {
-        self.gates += usize::from(is_gate(what));
+        let eod = is_end_of_data(what);
+        let gate = is_gate(what);
+        self.gates += usize::from(gate);
+        let after_eod = self.eod_in_flight > 0;
+        self.eod_in_flight += usize::from(eod);
         self.in_flight.push_back(Pending {
             what,
             round: self.gen_seen + 1,
             line,
+            gate,
+            after_eod,
         });
     }
 
@@ -958,7 +1082,10 @@ impl Session {
             let e = ProtocolError::UnexpectedReply(reply.to_string());
             return self.close(Some(e.into()));
         };
-        self.gates -= usize::from(is_gate(p.what));
+        self.gates -= usize::from(p.gate);
+        let eod = is_end_of_data(p.what);
+        self.eod_in_flight -= usize::from(eod);
+        self.last_reply_eod_ok = eod && reply.is_positive();
         self.gen_seen = self.gen_seen.max(p.round);
         self.rt.used = self.gen_seen;
         let verb = verb_of(p.what);
@@ -976,7 +1103,7 @@ impl Session {
         }
         if self.cfg.transcript {
             let ok = reply_ok(p.what, &reply);
-            let command = p.line.unwrap_or_default();
+            let command = p.line.clone().unwrap_or_default();
             let verb = (p.what != Awaiting::Greeting).then_some(verb);
             self.events.push_back(Event::Exchange(Exchange {
                 command,
@@ -1000,7 +1127,12 @@ impl Session {
                 }
             }
             Awaiting::Handshake(v) => self.on_handshake_reply(v, reply, now),
-            Awaiting::Msg { seq, verb, rcpt } => self.on_msg_reply(seq, verb, rcpt, reply),
+            Awaiting::Msg { seq, verb, rcpt } => {
+                if verb == Verb::Mail && p.after_eod && refuses_sequence(&reply) {
+                    self.on_refused_after_eod(seq, p.line.clone(), &reply);
+                }
+                self.on_msg_reply(seq, verb, rcpt, reply);
+            }
             Awaiting::Rset(gated) => {
                 if !reply.is_positive() {
                     // The old transaction may still be open; a new MAIL could add to it.
@@ -1019,8 +1151,14 @@ impl Session {
             }
             Awaiting::Raw(v) => self.events.push_back(Event::RawReply(v, reply)),
             Awaiting::Quit => {
-                let err = self.quit_error.take();
-                return self.close(err);
+                if p.after_eod && refuses_sequence(&reply) && self.messages_pending() > 0 {
+                    // QUIT written behind an end of data was refused like the MAILs there:
+                    // the session goes on with the messages to send again, then quits.
+                    self.phase = Phase::Ready;
+                } else {
+                    let err = self.quit_error.take();
+                    return self.close(err);
+                }
             }
         }
         if closing && self.phase != Phase::Closed {
@@ -1169,9 +1307,56 @@ impl Session {
         self.active.iter().position(|m| m.seq == seq)
     }
 
+    /// A MAIL written while an end of data was unanswered got a "bad sequence" refusal: the
+    /// server refuses commands pipelined after the end of data. That transaction never
+    /// began; the message is sent again once its remaining replies are in, and the session
+    /// stops writing anything after an end of data.
+    fn on_refused_after_eod(&mut self, seq: u64, command: Option<String>, reply: &Reply) {
+        let Some(i) = self.index_of(seq) else { return };
+        self.active[i].refused = true;
+        if self.level == PipeliningLevel::CrossMessage {
+            let to = PipeliningLevel::WithinMessage;
+            self.events.push_back(Event::SteppedDown(StepDown {
+                from: self.level,
+                to,
+                verb: Verb::Mail,
+                command,
+                reply: reply.clone(),
+            }));
+            self.level = to;
+        }
+    }
+
+    /// Replies to a refused message's commands: wait for the last one, then queue it again.
+    fn on_refused_reply(&mut self, i: usize, verb: Verb, reply: &Reply) {
+        match verb {
+            Verb::Data if reply.code == 354 => {
+                // A server that refused MAIL should not say 354; end that data with a lone dot.
+                self.active[i].hollow = true;
+                self.active[i].state = MsgState::BodyHeld;
+            }
+            Verb::Data | Verb::Body | Verb::Bdat => {
+                if verb == Verb::Bdat {
+                    self.committed_octets -= self.active[i].octets;
+                }
+                let m = self.active.remove(i).expect("index from index_of");
+                self.retry.push_back(Message {
+                    id: m.id,
+                    from: m.from,
+                    to: m.to,
+                    data: m.data,
+                });
+            }
+            _ => {}
+        }
+    }
+
     fn on_msg_reply(&mut self, seq: u64, verb: Verb, rcpt: usize, reply: Reply) {
         let Some(i) = self.index_of(seq) else { return };
-        let lockstep = !self.pipelining();
+        if self.active[i].refused {
+            return self.on_refused_reply(i, verb, &reply);
+        }
+        let lockstep = !self.active[i].pipelined;
         match verb {
             Verb::Mail => {
                 let failed = !reply.is_positive();
@@ -1330,7 +1515,8 @@ impl Session {
             self.report_envelope(0, None);
             let m = &self.active[0];
             let unreported: Vec<usize> = (0..m.to.len()).filter(|&k| !m.reported[k]).collect();
-            let committed = m.state == MsgState::Committed;
+            // A refused MAIL means the server took nothing of that message.
+            let committed = m.state == MsgState::Committed && !m.refused;
             let stage = if committed {
                 Stage::Body
             } else if m.mail.is_none() {
@@ -1355,7 +1541,7 @@ impl Session {
             }
             self.finish(0);
         }
-        while let Some(msg) = self.queue.pop_front() {
+        while let Some(msg) = self.retry.pop_front().or_else(|| self.queue.pop_front()) {
             let note = format!("not sent: {why}");
             self.fail_unsent(msg, Stage::Connect, &note);
         }
@@ -1390,6 +1576,26 @@ fn accepted_any(m: &Msg) -> bool {
         && m.rcpt
             .iter()
             .any(|r| r.as_ref().is_some_and(Reply::is_positive))
+}
+
+/// A final dot or `BDAT … LAST`: the end of a message's data.
+fn is_end_of_data(what: Awaiting) -> bool {
+    matches!(
+        what,
+        Awaiting::Msg {
+            verb: Verb::Body | Verb::Bdat,
+            ..
+        } | Awaiting::Raw(Verb::Body)
+    )
+}
+
+/// A reply that refuses a command for its place in the sequence, not for its content:
+/// 503, or an RFC 3463 `5.5.1` (invalid command) with any 5yz code.
+fn refuses_sequence(r: &Reply) -> bool {
+    r.code == 503
+        || r.is_permanent()
+            && r.enhanced
+                .is_some_and(|e| e.class == 5 && e.subject == 5 && e.detail == 1)
 }
 
 /// Does a reply to this have to arrive before anything else is sent (RFC 2920 §3.1)?

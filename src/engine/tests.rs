@@ -5,6 +5,9 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+mod level;
+mod refusing;
+
 /// How the scripted server's bytes reach the session.
 #[derive(Clone, Copy, Debug)]
 enum Split {
