@@ -34,23 +34,38 @@
 //! for it, and a campaign that sees it twice for a host starts new sessions there at
 //! `WithinMessage`.
 #![warn(missing_docs)]
+//!
+//! # Layout
+//!
+//! Files depend on each other in one direction only (no file imports one that imports it):
+//! `command`, `reply`, `ehlo`, `body` are leaves; `pipeline` (level, in-flight FIFO, gating)
+//! and `outcome` build on them; `config`, `error` and `event` on those; `session` holds the
+//! state, the public API and the reply dispatch; `handshake` and `planner` add the
+//! handshake and the group planner to [`Session`] and import `session`, never the reverse.
 
 pub mod body;
 pub mod command;
+pub mod config;
 pub mod ehlo;
 pub mod error;
+pub mod event;
+mod handshake;
 pub mod outcome;
+pub mod pipeline;
+mod planner;
 pub mod reply;
 pub mod session;
 #[cfg(test)]
 mod tests;
 
-pub use command::{AddressError, Verb, check_address};
+pub use command::{AddressError, MailParams, RawCommand, Verb, check_address};
+pub use config::{Config, Credentials, PipeliningPolicy, Secret, Timeouts, TlsPolicy};
 pub use ehlo::{Capabilities, Extensions};
-pub use error::{ProtocolError, SessionError};
-pub use outcome::{Delivery, MessageId, RcptOutcome, Stage};
-pub use reply::{EnhancedCode, Reply, ReplyParser, Severity};
-pub use session::{
-    Config, Credentials, Event, Exchange, Message, PipeliningLevel, PipeliningPolicy, RawCommand,
-    RoundTrips, Secret, Session, StepDown, Timeouts, TlsPolicy,
+pub use error::{
+    AuthOffer, IoFailure, ProtocolError, SessionError, TlsFailure, TlsFailureKind, TlsRefusal,
 };
+pub use event::{Event, Exchange, RoundTrips, StepDown};
+pub use outcome::{Delivery, Message, MessageId, RcptOutcome, Stage};
+pub use pipeline::PipeliningLevel;
+pub use reply::{EnhancedCode, Reply, ReplyParser, Severity};
+pub use session::{Session, SessionState};

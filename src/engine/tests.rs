@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+mod errors;
 mod level;
 mod refusing;
 
@@ -809,9 +810,11 @@ fn timeouts_per_state() {
     s.handle_timeout(at(4));
     assert!(!s.is_closed());
     s.handle_timeout(at(5));
-    assert_eq!(
-        closed(&mut s),
-        Some(Some(SessionError::Timeout(Verb::Noop)))
+    let greeting = closed(&mut s);
+    assert_eq!(greeting, Some(Some(SessionError::GreetingTimeout)));
+    assert!(
+        greeting.unwrap().unwrap().to_string().contains("greeting"),
+        "a greeting timeout says so"
     );
     // EHLO (command), DATA (data), final dot (data_end)
     let mut s = Session::new(c.clone(), t0);
