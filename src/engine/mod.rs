@@ -28,7 +28,10 @@
 //! command and reply as evidence), ignores the rest of that transaction's replies and sends
 //! the message again itself: the caller only ever sees its final outcome, and no recipient
 //! is `Rejected` for a refusal of the pipelining. A QUIT refused the same way does not end
-//! the session while such messages wait. A server that instead drops the connection right
+//! the session while such messages wait. A pipelined RCPT refused that way after its MAIL
+//! was accepted (or DATA / `BDAT … LAST` after a RCPT was accepted) means the server does not
+//! pipeline within a message either: down to `LockStep`, RSET, and the message again. A
+//! server that instead drops the connection right
 //! after answering the dot while later commands are unanswered produces
 //! [`Event::ClosedAfterEndOfData`]; once can be chance, so the engine does not step down
 //! for it, and a campaign that sees it twice for a host starts new sessions there at
@@ -41,7 +44,8 @@
 //! `command`, `reply`, `ehlo`, `body` are leaves; `pipeline` (level, in-flight FIFO, gating)
 //! and `outcome` build on them; `config`, `error` and `event` on those; `session` holds the
 //! state, the public API and the reply dispatch; `handshake` and `planner` add the
-//! handshake and the group planner to [`Session`] and import `session`, never the reverse.
+//! handshake, the group planner and the step-down on refused pipelining (`stepdown`) to
+//! [`Session`] and import `session`, never the reverse.
 
 pub mod body;
 pub mod command;
@@ -55,6 +59,7 @@ pub mod pipeline;
 mod planner;
 pub mod reply;
 pub mod session;
+mod stepdown;
 #[cfg(test)]
 mod tests;
 

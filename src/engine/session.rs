@@ -34,7 +34,7 @@ use super::command::{RawCommand, Verb};
 use super::config::{Config, TlsPolicy};
 use super::ehlo::{Capabilities, Extensions};
 use super::error::{ProtocolError, SessionError};
-use super::event::{Event, Exchange, RoundTrips, StepDown};
+use super::event::{Event, Exchange, RoundTrips};
 use super::outcome::{Delivery, Message, MessageId, Msg, MsgState, RcptOutcome, Stage};
 use super::pipeline::{Awaiting, InFlight, PipeliningLevel, refuses_sequence};
 use super::reply::{Reply, ReplyParser};
@@ -439,8 +439,8 @@ impl Session {
             Awaiting::Greeting => self.on_greeting(reply),
             Awaiting::Handshake(v) => self.on_handshake_reply(v, reply),
             Awaiting::Msg { seq, verb, rcpt } => {
-                if verb == Verb::Mail && p.after_eod && refuses_sequence(&reply) {
-                    self.on_refused_after_eod(seq, p.line, &reply);
+                if refuses_sequence(&reply) {
+                    self.check_refusal(seq, verb, p.after_eod, p.line, &reply);
                 }
                 self.on_msg_reply(seq, verb, rcpt, reply);
             }
@@ -479,47 +479,8 @@ impl Session {
         self.arm(now);
     }
 
-    fn index_of(&self, seq: u64) -> Option<usize> {
+    pub(super) fn index_of(&self, seq: u64) -> Option<usize> {
         self.active.iter().position(|m| m.seq == seq)
-    }
-
-    /// A MAIL written while an end of data was unanswered got a "bad sequence" refusal: the
-    /// server refuses commands pipelined after the end of data. That transaction never
-    /// began; the message is sent again once its remaining replies are in, and the session
-    /// stops writing anything after an end of data.
-    fn on_refused_after_eod(&mut self, seq: u64, command: Option<String>, reply: &Reply) {
-        let Some(i) = self.index_of(seq) else { return };
-        self.active[i].refused = true;
-        if self.level == PipeliningLevel::CrossMessage {
-            let to = PipeliningLevel::WithinMessage;
-            self.events.push_back(Event::SteppedDown(StepDown {
-                from: self.level,
-                to,
-                verb: Verb::Mail,
-                command,
-                reply: reply.clone(),
-            }));
-            self.level = to;
-        }
-    }
-
-    /// Replies to a refused message's commands: wait for the last one, then queue it again.
-    fn on_refused_reply(&mut self, i: usize, verb: Verb, reply: &Reply) {
-        match verb {
-            Verb::Data if reply.code == 354 => {
-                // A server that refused MAIL should not say 354; end that data with a lone dot.
-                self.active[i].hollow = true;
-                self.active[i].state = MsgState::BodyHeld;
-            }
-            Verb::Data | Verb::Body | Verb::Bdat => {
-                if verb == Verb::Bdat {
-                    self.committed_octets -= self.active[i].octets;
-                }
-                let m = self.active.remove(i).expect("index from index_of");
-                self.retry.push_back(m.into_message());
-            }
-            _ => {}
-        }
     }
 
     fn on_msg_reply(&mut self, seq: u64, verb: Verb, rcpt: usize, reply: Reply) {

@@ -480,3 +480,61 @@ fn connection_dropped_after_the_dots_reply_is_reported_as_evidence() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn refusal_within_a_message_steps_down_to_lock_step_after_rset() {
+    // PIPELINING advertised, but a RCPT that arrives before MAIL was answered is refused.
+    let msgs = [
+        msg(1, &["a@example.com", "b@example.com"]),
+        msg(2, &["c@example.com"]),
+    ];
+    let r = run(
+        cfg(),
+        &msgs,
+        &[
+            GREET,
+            EHLO_PIPE,
+            (
+                &env(&["a@example.com", "b@example.com"]),
+                "250 2.1.0 Ok\r\n503 5.5.1 Error: bad sequence of commands\r\n\
+                 503 5.5.1 Error: bad sequence of commands\r\n503 5.5.1 Error: bad sequence of commands\r\n",
+            ),
+            // MAIL was accepted: that transaction is reset first, then one command at a time.
+            ("RSET\r\n", "250 2.0.0 Ok\r\n"),
+            ("MAIL FROM:<sender@example.com>\r\n", "250 Ok\r\n"),
+            ("RCPT TO:<a@example.com>\r\n", "250 Ok\r\n"),
+            ("RCPT TO:<b@example.com>\r\n", "550 5.1.1 no such user\r\n"),
+            ("DATA\r\n", "354 go\r\n"),
+            (
+                "From: sender@example.com\r\n\r\nThis is a mail to a@example.com b@example.com\r\n.\r\n",
+                "250 queued\r\n",
+            ),
+            ("MAIL FROM:<sender@example.com>\r\n", "250 Ok\r\n"),
+            ("RCPT TO:<c@example.com>\r\n", "250 Ok\r\n"),
+            ("DATA\r\n", "354 go\r\n"),
+            (&body("c@example.com"), "250 queued\r\n"),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ],
+    );
+    assert_sane(&r);
+    let outcomes: Vec<_> = r.outcomes().into_iter().map(|o| (o.1, o.2)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("b@example.com".into(), Delivery::Rejected),
+            ("a@example.com".into(), Delivery::Sent),
+            ("c@example.com".into(), Delivery::Sent),
+        ]
+    );
+    let sd = step_downs(&r);
+    assert_eq!(sd.len(), 1);
+    assert_eq!(
+        (sd[0].from, sd[0].to, sd[0].verb),
+        (
+            PipeliningLevel::CrossMessage,
+            PipeliningLevel::LockStep,
+            Verb::Rcpt
+        )
+    );
+    assert!(!r.session.pipelining());
+}
