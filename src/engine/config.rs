@@ -125,7 +125,7 @@ pub struct Config {
     pub window_bytes: usize,
     /// Reply timeouts.
     pub timeouts: Timeouts,
-    /// Emit an [`Event::Exchange`] for every command and its reply.
+    /// Emit an [`Event::Exchange`](super::Event::Exchange) for every command and its reply.
     pub transcript: bool,
     /// The pipelining level the session starts at (a campaign passes the level it learned
     /// for this host on earlier connections). It only steps down from here.

@@ -32,13 +32,13 @@ pub enum Event {
     /// Capabilities from EHLO (again after STARTTLS).
     Capabilities(Capabilities),
     /// The server said 220 to STARTTLS: the driver must do the TLS handshake now, then call
-    /// [`Session::handle_tls_established`]. Nothing is transmitted until then.
+    /// [`Session::handle_tls_established`](super::Session::handle_tls_established). Nothing is transmitted until then.
     StartTls,
     /// Handshake done (EHLO, TLS, AUTH): messages flow from now on.
     Ready,
     /// A command and its reply (only with `Config::transcript`).
     Exchange(Exchange),
-    /// The reply to a [`RawCommand`].
+    /// The reply to a [`RawCommand`](super::RawCommand).
     RawReply(Verb, Reply),
     /// A recipient's final outcome; each recipient of each message is reported once.
     Recipient(RcptOutcome),
