@@ -17,7 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_native_tls::TlsStream;
 
-use crate::engine::{self, IoFailure, Session, SessionError, Stage, TlsFailure, TlsPolicy};
+use crate::engine::{
+    self, IoFailure, Session, SessionError, SessionState, Stage, TlsFailure, TlsPolicy,
+};
 pub use tls::{TlsHints, TlsSettings, TlsSetupError};
 
 /// Why `host[:port]` could not be parsed.
@@ -345,11 +347,10 @@ impl Connection {
     /// group was fully written, a TLS handshake finished, or a timer fired. Errors end the
     /// session (they arrive as [`engine::Event::Closed`]).
     pub async fn step(&mut self) {
-        if self.session.is_closed() {
-            return;
-        }
-        if self.session.wants_tls() {
-            return self.upgrade().await;
+        match self.session.state() {
+            SessionState::Closed => return,
+            SessionState::TlsHandshake => return self.upgrade().await,
+            _ => {}
         }
         self.prepare();
         let deadline = self.session.poll_timeout();
@@ -404,7 +405,9 @@ impl Connection {
     /// that journal commits call this, then [`Session::take_committed`], then
     /// [`Connection::step`] (which calls it too; a second call is a no-op).
     pub fn prepare(&mut self) {
-        if self.wpos == self.wbuf.len() && !self.session.is_closed() && !self.session.wants_tls() {
+        let state = self.session.state();
+        let may_write = !matches!(state, SessionState::Closed | SessionState::TlsHandshake);
+        if self.wpos == self.wbuf.len() && may_write {
             self.wbuf.clear();
             self.wpos = 0;
             self.session.poll_transmit(Instant::now(), &mut self.wbuf);
