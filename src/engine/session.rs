@@ -445,7 +445,10 @@ impl Session {
                 self.on_msg_reply(seq, verb, rcpt, reply);
             }
             Awaiting::Rset(gated) => {
-                if !reply.is_positive() {
+                if gated && p.after_eod && refuses_sequence(&reply) {
+                    // Nothing followed it in that write: step down and send it again.
+                    self.rset_refused_after_eod(p.line, reply);
+                } else if !reply.is_positive() {
                     // The old transaction may still be open; a new MAIL could add to it.
                     let e = ProtocolError::UnexpectedCode {
                         verb: Verb::Rset,

@@ -8,6 +8,9 @@
 //!   after a RCPT was accepted: the server does not pipeline within a message either. Down
 //!   to `LockStep`; the transaction was opened, so RSET goes first.
 //!
+//! - A gated RSET written while an end of data was unanswered and refused that way: down to
+//!   `WithinMessage`, and RSET again.
+//!
 //! Either way the rest of that transaction's replies are ignored, no recipient of it is
 //! reported, and the message goes back to the front of the queue (`Session::retry`).
 
@@ -48,6 +51,24 @@ impl Session {
                 verb,
                 command,
                 reply: reply.clone(),
+            }));
+            self.level = to;
+        }
+    }
+
+    /// A gated RSET written while an end of data was unanswered got a "bad sequence" reply:
+    /// the same refusal as for a MAIL there. Nothing followed it in that write, so the session
+    /// steps down to `WithinMessage` and sends RSET again.
+    pub(super) fn rset_refused_after_eod(&mut self, command: Option<String>, reply: Reply) {
+        self.rset_needed = true;
+        let to = PipeliningLevel::WithinMessage;
+        if self.level < to {
+            self.events.push_back(Event::SteppedDown(StepDown {
+                from: self.level,
+                to,
+                verb: Verb::Rset,
+                command,
+                reply,
             }));
             self.level = to;
         }

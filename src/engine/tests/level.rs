@@ -538,3 +538,50 @@ fn refusal_within_a_message_steps_down_to_lock_step_after_rset() {
     );
     assert!(!r.session.pipelining());
 }
+
+#[test]
+fn rset_refused_behind_an_end_of_data_is_sent_again() {
+    // Window of 2: m3 goes out when m1 is answered, behind m2's BDAT LAST; m2 then fails for
+    // real, and the RSET that must follow is written while m3's end of data is unanswered.
+    // The server refuses it; the session steps down, resets again, and m4 goes alone.
+    let c = Config { window: 2, ..cfg() };
+    let msgs = [
+        bdat_msg(1, "a@example.net"),
+        bdat_msg(2, "bad@example.net"),
+        bdat_msg(3, "c@example.net"),
+        bdat_msg(4, "d@example.net"),
+    ];
+    let ok = "250 Ok\r\n250 Ok\r\n250 2.0.0 Ok: queued\r\n";
+    let g1 = bdat_one("a@example.net") + &bdat_one("bad@example.net");
+    let m2 = "250 Ok\r\n550 5.1.1 no such user\r\n554 5.5.1 Error: no valid recipients\r\n";
+    let r3 = format!("{ok}{REFUSED}");
+    let r = run(
+        c,
+        &msgs,
+        &[
+            GREET,
+            EHLO_CHUNK,
+            (&g1, ok),
+            (&bdat_one("c@example.net"), m2),
+            ("RSET\r\n", &r3),
+            ("RSET\r\n", "250 2.0.0 Ok\r\n"),
+            (&bdat_one("d@example.net"), ok),
+            ("QUIT\r\n", "221 bye\r\n"),
+        ],
+    );
+    assert_sane(&r);
+    let outcomes: Vec<_> = r.outcomes().into_iter().map(|o| (o.1, o.2)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("a@example.net".into(), Delivery::Sent),
+            ("bad@example.net".into(), Delivery::Rejected),
+            ("c@example.net".into(), Delivery::Sent),
+            ("d@example.net".into(), Delivery::Sent),
+        ]
+    );
+    let sd = step_downs(&r);
+    assert_eq!(sd.len(), 1);
+    assert_eq!(sd[0].verb, Verb::Rset);
+    assert_eq!(r.closed(), Some(&None));
+}
