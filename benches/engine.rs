@@ -2,7 +2,8 @@
 //! scripted in-memory server that answers each group the moment it is written.
 //!
 //! `cargo bench --bench engine [-- N]` (default N = 200,000) prints ns per message for
-//! pipelined DATA and for pipelined BDAT, plus the cost of building the messages alone (the
+//! pipelined DATA and for pipelined BDAT, each also at `PipeliningLevel::WithinMessage`
+//! (sync at end of data: the round trips per message are the point there), plus the cost of building the messages alone (the
 //! clone of a ~1 KiB message a caller hands over), so the engine's own share can be read off.
 //! No criterion: a plain `main`, best of a few repetitions, `std::hint::black_box` on outputs.
 //!
@@ -15,7 +16,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use pipemail::engine::{Config, Delivery, Event, Message, PipeliningPolicy, Session, TlsPolicy};
+use pipemail::engine::{
+    Config, Delivery, Event, Message, PipeliningLevel, PipeliningPolicy, Session, TlsPolicy,
+};
 
 const GREETING: &[u8] = b"220 bench.example ESMTP\r\n";
 const EHLO_DATA: &[u8] =
@@ -69,12 +72,13 @@ struct Stats {
 }
 
 /// Sends `n` messages through one session; returns what the scripted server saw.
-fn run(mode: Mode, n: u64, data: &[u8]) -> Stats {
+fn run(mode: Mode, level: PipeliningLevel, n: u64, data: &[u8]) -> Stats {
     let now = Instant::now();
     let cfg = Config {
         tls: TlsPolicy::None,
         pipelining: PipeliningPolicy::Auto,
         chunking: mode == Mode::Bdat,
+        pipelining_level: level,
         ..Config::default()
     };
     let mut s = Session::new(cfg, now);
@@ -190,11 +194,29 @@ fn main() {
     let alloc_ns = d.as_nanos() as f64 / n as f64;
     println!("  building the messages alone          {alloc_ns:8.1} ns/message");
 
-    for (mode, label) in [
-        (Mode::Data, "pipelined DATA (dot-stuffing)"),
-        (Mode::Bdat, "pipelined BDAT (window 100)"),
+    for (mode, level, label) in [
+        (
+            Mode::Data,
+            PipeliningLevel::CrossMessage,
+            "pipelined DATA (dot-stuffing)",
+        ),
+        (
+            Mode::Bdat,
+            PipeliningLevel::CrossMessage,
+            "pipelined BDAT (window 100)",
+        ),
+        (
+            Mode::Data,
+            PipeliningLevel::WithinMessage,
+            "DATA, sync at end of data",
+        ),
+        (
+            Mode::Bdat,
+            PipeliningLevel::WithinMessage,
+            "BDAT, sync at end of data",
+        ),
     ] {
-        let (d, st) = best(reps, || run(mode, n, &data));
+        let (d, st) = best(reps, || run(mode, level, n, &data));
         let ns = d.as_nanos() as f64 / n as f64;
         println!(
             "  {label:<36} {ns:8.1} ns/message ({:.1} without building; {:.2} groups/message, \

@@ -5,7 +5,7 @@ use anyhow::{Context as _, anyhow};
 
 use crate::cli::{ConnArgs, TlsMode};
 use crate::exit::{Exit, Failure, fail};
-use pipemail::driver::{ConnectOptions, Target, TlsSettings};
+use pipemail::driver::{ConnectOptions, Target, TlsHints, TlsSettings};
 use pipemail::engine::{self, Credentials, PipeliningPolicy, Secret, Timeouts, TlsPolicy};
 
 /// Environment variable holding the AUTH password.
@@ -70,11 +70,17 @@ pub(crate) fn conn_plan(a: &ConnArgs) -> Result<ConnPlan, Failure> {
             data_end: a.data_timeout,
         },
         transcript: a.verbose,
+        ..engine::Config::default()
     };
     let tls = TlsSettings {
         insecure: a.insecure,
         ca_files: a.ca_file.clone(),
         server_name: a.tls_name.clone(),
+        hints: TlsHints {
+            untrusted: "the certificate is not signed by a trusted CA: add it with --ca-file, or use --insecure for a test server".into(),
+            name_mismatch: "the certificate does not name this host: connect by the name it was issued for, or set --tls-name".into(),
+            ..TlsHints::default()
+        },
     };
     for f in &tls.ca_files {
         if !f.exists() {

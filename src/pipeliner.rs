@@ -32,12 +32,13 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::driver::{ConnectError, ConnectOptions, Connection, Target, TlsSettings};
 use crate::engine::{
     self, Delivery, Event, Message, PipeliningPolicy, RawCommand, Reply, RoundTrips, SessionError,
-    TlsPolicy, Verb,
+    TlsPolicy,
 };
 
 /// One message: sender, one or many recipients, content.
@@ -119,15 +120,14 @@ pub struct Pipeliner {
     raw_reply: Option<Reply>,
     closed: Option<Option<SessionError>>,
     require_pipelining: bool,
+    /// Recipients of each message in flight, by message id.
+    envelopes: HashMap<u64, Vec<String>>,
 }
 
 impl Pipeliner {
     /// Connects without TLS (port 25 unless given) and waits until the session is ready.
     pub fn connect_plain(target: &str) -> Result<Self, ClientError> {
-        let target = Target::parse(target, 25).map_err(|reason| ConnectError::Connect {
-            target: target.into(),
-            reason,
-        })?;
+        let target = Target::parse(target, 25).map_err(ConnectError::from)?;
         let session = engine::Config {
             tls: TlsPolicy::None,
             ..engine::Config::default()
@@ -168,6 +168,7 @@ impl Pipeliner {
             raw_reply: None,
             closed: None,
             require_pipelining,
+            envelopes: HashMap::new(),
         };
         p.drive();
         if let Some(c) = p.closed.take() {
@@ -203,6 +204,7 @@ impl Pipeliner {
             return false;
         }
         self.next_id += 1;
+        self.envelopes.insert(self.next_id, env.to.clone());
         let msg = Message {
             id: self.next_id,
             from: env.from.clone(),
@@ -352,13 +354,9 @@ impl Pipeliner {
                     if x.verb.is_none() {
                         continue; // the greeting belongs to no call
                     }
-                    if x.verb == Some(Verb::Rcpt) && x.ok {
-                        if let Some(addr) = x
-                            .command
-                            .strip_prefix("RCPT TO:<")
-                            .and_then(|r| r.split('>').next())
-                        {
-                            self.recipients.accepted.push(addr.to_string());
+                    if let Some((id, index)) = x.recipient.filter(|_| x.ok) {
+                        if let Some(addr) = self.envelopes.get(&id).and_then(|to| to.get(index)) {
+                            self.recipients.accepted.push(addr.clone());
                         }
                     }
                     if !x.ok {
@@ -386,6 +384,9 @@ impl Pipeliner {
                         self.recipients.failed.push(o.address);
                     }
                 },
+                Event::MessageDone(id) => {
+                    self.envelopes.remove(&id);
+                }
                 Event::RawReply(_, r) => self.raw_reply = Some(r),
                 Event::Closed(e) => {
                     if let Some(err) = &e {

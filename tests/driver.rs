@@ -330,3 +330,77 @@ fn require_pipelining_returns_false_with_a_warning_like_the_seed() {
     smtp.quit().unwrap();
     server.finish(); // nothing but EHLO and QUIT was sent
 }
+
+/// Issue 11: a server that refuses every command pipelined after the end of data. Over a
+/// real socket the whole BDAT window goes out in one write; the server takes the first
+/// message and answers each later command (QUIT included) with its own 503. The session
+/// steps down, sends the refused messages again one at a time, and reports every row sent.
+#[test]
+fn server_refusing_commands_after_the_end_of_data_gets_every_message() {
+    use pipemail::driver::Connection;
+    use pipemail::engine::{Delivery, Event, Message, PipeliningLevel};
+
+    let one =
+        |to: &str| format!("MAIL FROM:<s@example.com>\r\nRCPT TO:<{to}>\r\nBDAT 4 LAST\r\nhi\r\n");
+    let refused = "503 5.5.0 Error: pipelined after end of DATA\r\n";
+    let ok = "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: queued\r\n";
+    let mut s = vec![
+        send(GREETING),
+        expect("EHLO client.test\r\n"),
+        send("250-fake\r\n250-PIPELINING\r\n250 CHUNKING\r\n"),
+    ];
+    let window = one("a@example.com") + &one("b@example.com") + &one("c@example.com");
+    s.push(expect(&(window + "QUIT\r\n")));
+    s.push(send(&(ok.to_string() + &refused.repeat(7))));
+    s.push(expect(&one("b@example.com")));
+    s.push(send(ok));
+    s.push(expect(&one("c@example.com")));
+    s.push(send(ok));
+    s.push(expect("QUIT\r\n"));
+    s.push(send("221 bye\r\n"));
+    let server = FakeSmtp::start(vec![s]);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let events = rt.block_on(async {
+        let mut conn = Connection::open(&opts(&server.host(), Duration::from_secs(10)))
+            .await
+            .unwrap();
+        let mut events = Vec::new();
+        let mut queued = false;
+        while !conn.session_ref().is_closed() {
+            if conn.session_ref().is_ready() && !queued {
+                for (id, to) in ["a@example.com", "b@example.com", "c@example.com"]
+                    .into_iter()
+                    .enumerate()
+                {
+                    conn.session().send(Message {
+                        id: id as u64,
+                        from: "s@example.com".into(),
+                        to: vec![to.into()],
+                        data: b"hi\n".to_vec(),
+                    });
+                }
+                conn.session().quit();
+                queued = true;
+            }
+            conn.step().await;
+            events.extend(std::iter::from_fn(|| conn.session().poll_event()));
+        }
+        conn.shutdown().await;
+        events
+    });
+    let sent = events
+        .iter()
+        .filter(|e| matches!(e, Event::Recipient(o) if o.delivery == Delivery::Sent))
+        .count();
+    assert_eq!(sent, 3, "{events:?}");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::SteppedDown(s) if s.to == PipeliningLevel::WithinMessage && s.reply.code == 503
+    )));
+    assert!(events.contains(&Event::Closed(None)), "{events:?}");
+    server.finish();
+}

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pipemail::driver::{ConnectOptions, Target, TlsSettings};
+use pipemail::driver::{ConnectOptions, Target, TlsHints, TlsSettings};
 use pipemail::engine::{self, TlsPolicy};
 use pipemail::pipeliner::{ClientError, Envelope, Pipeliner};
 use pipemail::sink::{SinkConfig, SinkHandle, load_identity};
@@ -72,6 +72,7 @@ fn trusted(cert: &Path) -> TlsSettings {
         insecure: false,
         ca_files: vec![cert.to_path_buf()],
         server_name: Some("localhost".into()),
+        ..TlsSettings::default()
     }
 }
 
@@ -187,6 +188,11 @@ fn starttls_self_signed_needs_ca_file_or_insecure() {
         TlsPolicy::Required,
         TlsSettings {
             server_name: Some("localhost".into()),
+            // The advice is the caller's (the CLI names its flags); the driver attaches it.
+            hints: TlsHints {
+                untrusted: "add it with --ca-file".into(),
+                ..TlsHints::default()
+            },
             ..TlsSettings::default()
         },
     ))

@@ -17,8 +17,27 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_native_tls::TlsStream;
 
-use crate::engine::{self, Session, SessionError, TlsPolicy};
-pub use tls::TlsSettings;
+use crate::engine::{
+    self, IoFailure, Session, SessionError, SessionState, Stage, TlsFailure, TlsPolicy,
+};
+pub use tls::{TlsHints, TlsSettings, TlsSetupError};
+
+/// Why `host[:port]` could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// Nothing given.
+    #[error("empty host")]
+    Empty,
+    /// `[v6` without `]`.
+    #[error("bad address {0:?}: missing ']'")]
+    MissingBracket(String),
+    /// Something after `]` that is not `:port`.
+    #[error("bad address {0:?}")]
+    BadAddress(String),
+    /// The port is not a number from 0 to 65535.
+    #[error("bad port in {0:?}")]
+    BadPort(String),
+}
 
 /// `host[:port]`, `[v6]:port`; port defaults to 25 (465 with implicit TLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,19 +50,19 @@ pub struct Target {
 
 impl Target {
     /// Parses `host[:port]`.
-    pub fn parse(s: &str, default_port: u16) -> Result<Self, String> {
+    pub fn parse(s: &str, default_port: u16) -> Result<Self, TargetError> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("empty host".into());
+            return Err(TargetError::Empty);
         }
         if let Some(rest) = s.strip_prefix('[') {
             let (host, tail) = rest
                 .split_once(']')
-                .ok_or_else(|| format!("bad address {s:?}: missing ']'"))?;
+                .ok_or_else(|| TargetError::MissingBracket(s.to_string()))?;
             let port = match tail.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| format!("bad port in {s:?}"))?,
+                Some(p) => p.parse().map_err(|_| TargetError::BadPort(s.to_string()))?,
                 None if tail.is_empty() => default_port,
-                None => return Err(format!("bad address {s:?}")),
+                None => return Err(TargetError::BadAddress(s.to_string())),
             };
             return Ok(Self {
                 host: host.to_string(),
@@ -52,7 +71,7 @@ impl Target {
         }
         match s.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => {
-                let port = p.parse().map_err(|_| format!("bad port {p:?} in {s:?}"))?;
+                let port = p.parse().map_err(|_| TargetError::BadPort(s.to_string()))?;
                 Ok(Self {
                     host: h.to_string(),
                     port,
@@ -89,25 +108,74 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
 }
 
-/// Why a connection could not be opened.
+/// Why a connection could not be opened. `Display` is complete (one line, cause included);
+/// the typed cause stays in the variant.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {
-    /// TCP connect failed or timed out.
-    #[error("cannot connect to {target}: {reason}")]
+    /// The target is not `host[:port]`.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// The TCP connect failed.
+    #[error("cannot connect to {target}: {error}")]
     Connect {
         /// Where.
         target: String,
-        /// Why.
-        reason: String,
+        /// Why (`ConnectionRefused`, `TimedOut`, DNS failure...).
+        error: IoFailure,
     },
-    /// Implicit TLS handshake failed, or TLS could not be set up.
-    #[error("TLS with {target} failed: {reason}")]
-    Tls {
+    /// The TCP connect (or the implicit TLS handshake) took longer than the connect timeout.
+    #[error("cannot connect to {target}: timed out after {after:?}")]
+    Timeout {
+        /// Where.
+        target: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// TLS could not be set up (CA file unreadable, bad configuration).
+    #[error("TLS with {target} failed: {error}")]
+    TlsSetup {
         /// Where.
         target: String,
         /// Why.
-        reason: String,
+        error: TlsSetupError,
     },
+    /// The implicit TLS handshake failed.
+    #[error("TLS with {target} failed: {error}")]
+    Tls {
+        /// Where.
+        target: String,
+        /// What the handshake said, with the caller's hint.
+        error: TlsFailure,
+    },
+}
+
+impl ConnectError {
+    /// True when another attempt with the same settings cannot do better (the TLS setup or
+    /// the certificate is wrong, the target does not parse); a refused or timed-out TCP
+    /// connect is transient.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Self::Target(_) | Self::TlsSetup { .. } | Self::Tls { .. }
+        )
+    }
+
+    /// The stage a report names for rows this error kept from being sent.
+    pub fn stage(&self) -> Stage {
+        match self {
+            Self::TlsSetup { .. } | Self::Tls { .. } => Stage::Tls,
+            _ => Stage::Connect,
+        }
+    }
+
+    /// The I/O error behind a failed TCP connect.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Self::Connect { error, .. } => Some(error.kind()),
+            Self::Timeout { .. } => Some(io::ErrorKind::TimedOut),
+            _ => None,
+        }
+    }
 }
 
 /// A plain or TLS socket.
@@ -174,6 +242,7 @@ pub struct Connection {
     wpos: usize,
     connector: Option<tokio_native_tls::TlsConnector>,
     server_name: String,
+    hints: TlsHints,
     tls_info: Option<TlsInfo>,
     bytes_out: u64,
 }
@@ -187,17 +256,17 @@ impl Connection {
             TcpStream::connect((opts.target.host.as_str(), opts.target.port)),
         )
         .await
-        .map_err(|_| ConnectError::Connect {
+        .map_err(|_| ConnectError::Timeout {
             target: target.clone(),
-            reason: format!("timed out after {:?}", opts.connect_timeout),
+            after: opts.connect_timeout,
         })?
         .map_err(|e| ConnectError::Connect {
             target: target.clone(),
-            reason: e.to_string(),
+            error: e.into(),
         })?;
         tcp.set_nodelay(true).map_err(|e| ConnectError::Connect {
             target: target.clone(),
-            reason: e.to_string(),
+            error: e.into(),
         })?;
         let server_name = opts
             .tls
@@ -207,9 +276,9 @@ impl Connection {
         let needs_tls = opts.session.tls != TlsPolicy::None;
         let connector = if needs_tls {
             Some(
-                tls::connector(&opts.tls).map_err(|reason| ConnectError::Tls {
+                tls::connector(&opts.tls).map_err(|error| ConnectError::TlsSetup {
                     target: target.clone(),
-                    reason,
+                    error,
                 })?,
             )
         } else {
@@ -222,13 +291,13 @@ impl Connection {
                 .expect("built above for every policy but None");
             let s = tokio::time::timeout(opts.connect_timeout, c.connect(&server_name, tcp))
                 .await
-                .map_err(|_| ConnectError::Tls {
+                .map_err(|_| ConnectError::Timeout {
                     target: target.clone(),
-                    reason: "handshake timed out".into(),
+                    after: opts.connect_timeout,
                 })?
                 .map_err(|e| ConnectError::Tls {
                     target: target.clone(),
-                    reason: tls::explain(&e, &server_name),
+                    error: tls::explain(e, &server_name, &opts.tls.hints),
                 })?;
             tls_info = Some(info_of(&s));
             Stream::Tls(Box::new(s))
@@ -243,6 +312,7 @@ impl Connection {
             wpos: 0,
             connector,
             server_name,
+            hints: opts.tls.hints.clone(),
             tls_info,
             bytes_out: 0,
         })
@@ -277,11 +347,10 @@ impl Connection {
     /// group was fully written, a TLS handshake finished, or a timer fired. Errors end the
     /// session (they arrive as [`engine::Event::Closed`]).
     pub async fn step(&mut self) {
-        if self.session.is_closed() {
-            return;
-        }
-        if self.session.wants_tls() {
-            return self.upgrade().await;
+        match self.session.state() {
+            SessionState::Closed => return,
+            SessionState::TlsHandshake => return self.upgrade().await,
+            _ => {}
         }
         self.prepare();
         let deadline = self.session.poll_timeout();
@@ -313,9 +382,7 @@ impl Connection {
             {
                 self.session.handle_eof();
             }
-            Err(e) => self
-                .session
-                .handle_io_error(SessionError::Io(e.to_string())),
+            Err(e) => self.session.handle_io_error(SessionError::from(e)),
         }
     }
 
@@ -338,7 +405,9 @@ impl Connection {
     /// that journal commits call this, then [`Session::take_committed`], then
     /// [`Connection::step`] (which calls it too; a second call is a no-op).
     pub fn prepare(&mut self) {
-        if self.wpos == self.wbuf.len() && !self.session.is_closed() && !self.session.wants_tls() {
+        let state = self.session.state();
+        let may_write = !matches!(state, SessionState::Closed | SessionState::TlsHandshake);
+        if self.wpos == self.wbuf.len() && may_write {
             self.wbuf.clear();
             self.wpos = 0;
             self.session.poll_transmit(Instant::now(), &mut self.wbuf);
@@ -347,14 +416,15 @@ impl Connection {
 
     async fn upgrade(&mut self) {
         let Some(Stream::Plain(tcp)) = self.stream.take() else {
-            return self.session.handle_io_error(SessionError::Tls(
-                "STARTTLS on a connection that is already TLS".into(),
-            ));
+            let e = TlsFailure::new(
+                engine::TlsFailureKind::Setup,
+                "STARTTLS on a connection that is already TLS",
+            );
+            return self.session.handle_io_error(SessionError::Tls(e));
         };
         let Some(connector) = self.connector.as_ref() else {
-            return self
-                .session
-                .handle_io_error(SessionError::Tls("TLS is not configured".into()));
+            let e = TlsFailure::new(engine::TlsFailureKind::Setup, "TLS is not configured");
+            return self.session.handle_io_error(SessionError::Tls(e));
         };
         match connector.connect(&self.server_name, tcp).await {
             Ok(s) => {
@@ -362,9 +432,10 @@ impl Connection {
                 self.stream = Some(Stream::Tls(Box::new(s)));
                 self.session.handle_tls_established(Instant::now());
             }
-            Err(e) => self
-                .session
-                .handle_io_error(SessionError::Tls(tls::explain(&e, &self.server_name))),
+            Err(e) => {
+                let e = tls::explain(e, &self.server_name, &self.hints);
+                self.session.handle_io_error(SessionError::Tls(e));
+            }
         }
     }
 

@@ -4,6 +4,9 @@
 
 use std::fmt;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
 /// Why an address cannot be put on a `MAIL FROM` / `RCPT TO` line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
@@ -127,5 +130,206 @@ impl fmt::Display for Verb {
             Self::Noop => "NOOP",
             Self::Quit => "QUIT",
         })
+    }
+}
+
+/// A single command for lock-step use (the Net::SMTP-style API and probes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawCommand {
+    /// `MAIL FROM:<addr>`
+    Mail(String),
+    /// `RCPT TO:<addr>`
+    Rcpt(String),
+    /// `DATA`
+    Data,
+    /// A message body with its final dot (send only after 354).
+    Body(Vec<u8>),
+    /// `RSET`
+    Rset,
+    /// `NOOP`
+    Noop,
+    /// `QUIT`
+    Quit,
+}
+
+/// ESMTP parameters of `MAIL FROM` (RFC 1870, RFC 6152, RFC 6531).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MailParams {
+    /// `SIZE=n`, when the server offers SIZE.
+    pub size: Option<usize>,
+    /// `BODY=8BITMIME`.
+    pub eight_bit: bool,
+    /// `SMTPUTF8`.
+    pub smtputf8: bool,
+}
+
+/// Appends `s` without CR, LF or NUL: whatever the caller passed, one command stays one line.
+fn push_clean(out: &mut Vec<u8>, s: &str) {
+    out.extend(s.bytes().filter(|&b| b != b'\r' && b != b'\n' && b != 0));
+}
+
+/// Appends `n` in decimal, without allocating.
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends the base64 of `data` (RFC 4648, padded).
+fn push_base64(out: &mut Vec<u8>, data: &[u8]) {
+    let start = out.len();
+    let len = base64::encoded_len(data.len(), true).expect("a command-sized input");
+    out.resize(start + len, 0);
+    let n = B64
+        .encode_slice(data, &mut out[start..])
+        .expect("buffer sized by encoded_len");
+    out.truncate(start + n);
+}
+
+/// The transcript text of one encoded command line: without its CRLF.
+pub(super) fn line_text(bytes: &[u8]) -> String {
+    let line = bytes.strip_suffix(b"\r\n").unwrap_or(bytes);
+    String::from_utf8_lossy(line).into_owned()
+}
+
+/// `EHLO name`
+pub fn ehlo(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b"EHLO ");
+    push_clean(out, name);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `HELO name`
+pub fn helo(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b"HELO ");
+    push_clean(out, name);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `STARTTLS` (RFC 3207)
+pub fn starttls(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"STARTTLS\r\n");
+}
+
+/// `AUTH PLAIN <base64(\0user\0password)>` (RFC 4954, RFC 4616)
+pub fn auth_plain(out: &mut Vec<u8>, user: &str, password: &str) {
+    out.extend_from_slice(b"AUTH PLAIN ");
+    let mut token = Vec::with_capacity(user.len() + password.len() + 2);
+    token.push(0);
+    token.extend_from_slice(user.as_bytes());
+    token.push(0);
+    token.extend_from_slice(password.as_bytes());
+    push_base64(out, &token);
+    token.fill(0);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `AUTH LOGIN`; the server then asks for the user name and the password.
+pub fn auth_login(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"AUTH LOGIN\r\n");
+}
+
+/// One answer to an AUTH LOGIN challenge: the base64 of `value`.
+pub fn auth_response(out: &mut Vec<u8>, value: &str) {
+    push_base64(out, value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `MAIL FROM:<from>` with its parameters; an empty `from` is the null reverse-path `<>`.
+pub fn mail_from(out: &mut Vec<u8>, from: &str, params: MailParams) {
+    out.extend_from_slice(b"MAIL FROM:<");
+    push_clean(out, from);
+    out.push(b'>');
+    if let Some(n) = params.size {
+        out.extend_from_slice(b" SIZE=");
+        push_decimal(out, n);
+    }
+    if params.eight_bit {
+        out.extend_from_slice(b" BODY=8BITMIME");
+    }
+    if params.smtputf8 {
+        out.extend_from_slice(b" SMTPUTF8");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `RCPT TO:<to>`
+pub fn rcpt_to(out: &mut Vec<u8>, to: &str) {
+    out.extend_from_slice(b"RCPT TO:<");
+    push_clean(out, to);
+    out.extend_from_slice(b">\r\n");
+}
+
+/// `DATA`
+pub fn data(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"DATA\r\n");
+}
+
+/// `RSET`
+pub fn rset(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"RSET\r\n");
+}
+
+/// `NOOP`
+pub fn noop(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"NOOP\r\n");
+}
+
+/// `QUIT`
+pub fn quit(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"QUIT\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoders_append_exact_lines() {
+        let mut out = b"x".to_vec();
+        mail_from(
+            &mut out,
+            "a@b.c",
+            MailParams {
+                size: Some(1_234_567),
+                eight_bit: true,
+                smtputf8: true,
+            },
+        );
+        rcpt_to(&mut out, "d@e.f\r\nRSET");
+        mail_from(&mut out, "", MailParams::default());
+        ehlo(&mut out, "client.example");
+        data(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "xMAIL FROM:<a@b.c> SIZE=1234567 BODY=8BITMIME SMTPUTF8\r\n\
+             RCPT TO:<d@e.fRSET>\r\n\
+             MAIL FROM:<>\r\n\
+             EHLO client.example\r\n\
+             DATA\r\n"
+        );
+        let mut out = Vec::new();
+        push_decimal(&mut out, 0);
+        push_decimal(&mut out, usize::MAX);
+        assert_eq!(out, format!("0{}", usize::MAX).into_bytes());
+    }
+
+    #[test]
+    fn auth_encoders() {
+        let mut out = Vec::new();
+        auth_plain(&mut out, "user", "pass");
+        auth_response(&mut out, "user");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "AUTH PLAIN AHVzZXIAcGFzcw==\r\ndXNlcg==\r\n"
+        );
     }
 }

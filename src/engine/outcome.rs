@@ -85,3 +85,144 @@ impl RcptOutcome {
         }
     }
 }
+
+/// A message to deliver: envelope plus content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Caller's identifier, echoed in outcomes.
+    pub id: MessageId,
+    /// Envelope sender (`MAIL FROM`); empty for the null reverse-path `<>`.
+    pub from: String,
+    /// Envelope recipients (`RCPT TO`), at least one.
+    pub to: Vec<String>,
+    /// The message (headers, blank line, body); any line endings, not dot-stuffed.
+    pub data: Vec<u8>,
+}
+
+impl Delivery {
+    /// The delivery a reply means for a recipient it decided.
+    fn of(reply: &Reply, positive: bool) -> Self {
+        if positive {
+            Self::Sent
+        } else if reply.is_transient() {
+            Self::Deferred
+        } else {
+            Self::Rejected
+        }
+    }
+}
+
+/// Where a message in flight stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum MsgState {
+    /// MAIL/RCPT/DATA (or BDAT) sent; replies pending.
+    Envelope,
+    /// 354 received; body not sent yet.
+    BodyHeld,
+    /// Final dot or BDAT LAST handed to the driver.
+    Committed,
+}
+
+/// A message in flight and the replies it got so far.
+#[derive(Debug)]
+pub(super) struct Msg {
+    pub(super) seq: u64,
+    pub(super) id: MessageId,
+    pub(super) from: String,
+    pub(super) to: Vec<String>,
+    /// Kept until the message is resolved: a refused message is sent again.
+    pub(super) data: Vec<u8>,
+    pub(super) state: MsgState,
+    pub(super) mail: Option<Reply>,
+    pub(super) rcpt: Vec<Option<Reply>>,
+    pub(super) reported: Vec<bool>,
+    /// Lock-step: next recipient to send.
+    pub(super) next_rcpt: usize,
+    /// Octets counted against the BDAT window.
+    pub(super) octets: usize,
+    /// No RCPT accepted (or MAIL failed): the body sent after a 354 is a lone dot.
+    pub(super) hollow: bool,
+    /// Its commands were pipelined (replies are then handled as a group).
+    pub(super) pipelined: bool,
+    /// The server refused its MAIL because it followed an end of data: the remaining
+    /// replies are ignored and the message is sent again.
+    pub(super) refused: bool,
+}
+
+impl Msg {
+    pub(super) fn new(seq: u64, msg: Message, pipelined: bool) -> Self {
+        let n = msg.to.len();
+        Self {
+            seq,
+            id: msg.id,
+            from: msg.from,
+            to: msg.to,
+            data: msg.data,
+            state: MsgState::Envelope,
+            mail: None,
+            rcpt: vec![None; n],
+            reported: vec![false; n],
+            next_rcpt: 0,
+            octets: 0,
+            hollow: false,
+            pipelined,
+            refused: false,
+        }
+    }
+
+    /// The message as the caller gave it, to send again.
+    pub(super) fn into_message(self) -> Message {
+        Message {
+            id: self.id,
+            from: self.from,
+            to: self.to,
+            data: self.data,
+        }
+    }
+
+    pub(super) fn mail_ok(&self) -> bool {
+        self.mail.as_ref().is_some_and(Reply::is_positive)
+    }
+
+    /// MAIL and at least one RCPT were accepted.
+    pub(super) fn accepted_any(&self) -> bool {
+        self.mail_ok()
+            && self
+                .rcpt
+                .iter()
+                .any(|r| r.as_ref().is_some_and(Reply::is_positive))
+    }
+
+    /// Every unreported recipient whose fate is known: all of them after a failed MAIL,
+    /// each rejected RCPT, and — when `last` is given — the accepted ones by that reply.
+    pub(super) fn settled(
+        &self,
+        last: Option<(Stage, &Reply)>,
+    ) -> Vec<(usize, Delivery, Stage, Reply)> {
+        let mut out = Vec::new();
+        let mail_failed = self.mail.as_ref().filter(|r| !r.is_positive());
+        for (idx, r) in self.rcpt.iter().enumerate() {
+            if self.reported[idx] {
+                continue;
+            }
+            let (stage, reply, positive) = if let Some(mr) = mail_failed {
+                (Stage::Mail, mr, false)
+            } else {
+                match r {
+                    Some(r) if !r.is_positive() => (Stage::Rcpt, r, false),
+                    Some(_) => match last {
+                        Some((stage, lr)) => (stage, lr, lr.is_positive()),
+                        None => continue,
+                    },
+                    None => match last {
+                        // RCPT never answered separately (lock-step stop): not sent.
+                        Some((stage, lr)) => (stage, lr, false),
+                        None => continue,
+                    },
+                }
+            };
+            out.push((idx, Delivery::of(reply, positive), stage, reply.clone()));
+        }
+        out
+    }
+}

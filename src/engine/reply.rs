@@ -7,12 +7,39 @@
 
 use std::fmt;
 
-use super::error::ProtocolError;
+use super::command::Verb;
 
 /// Longest reply line accepted, CRLF included (RFC 5321 §4.5.3.1.5 says 512).
 pub const MAX_LINE: usize = 512;
 /// Most lines one reply may have before it is treated as an attack.
 pub const MAX_LINES: usize = 256;
+
+/// The server broke the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// A reply line longer than 512 octets.
+    #[error("server sent a reply line longer than 512 octets")]
+    LineTooLong,
+    /// A line that is not `ddd[ -]text`, or a multi-line reply whose codes differ.
+    #[error("malformed reply: {0}")]
+    Malformed(String),
+    /// A reply arrived while no command was waiting for one.
+    #[error("server sent a reply to a command that was never sent: {0}")]
+    UnexpectedReply(String),
+    /// Bytes followed the `220` to STARTTLS before the TLS handshake (CVE-2011-0411).
+    #[error(
+        "server sent data after its 220 reply to STARTTLS, before the TLS handshake (response injection)"
+    )]
+    StartTlsInjection,
+    /// A reply code that makes no sense for the command (e.g. 354 to RCPT).
+    #[error("unexpected reply to {verb}: {reply}")]
+    UnexpectedCode {
+        /// The command it answered.
+        verb: Verb,
+        /// What the server said.
+        reply: Reply,
+    },
+}
 
 /// Reply class by first digit (RFC 5321 §4.2.1), classified by type, never by string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
