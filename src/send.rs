@@ -180,6 +180,7 @@ mod tests {
                 lines: vec!["first".into(), "last".into()],
             },
             ok: true,
+            recipient: None,
         };
         let mut out = Vec::new();
         write_exchange(&mut out, &x).expect("write to a Vec");
