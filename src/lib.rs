@@ -4,9 +4,11 @@
 
 pub mod driver;
 pub mod engine;
+pub mod fsutil;
 pub mod input;
 pub mod latency;
 pub mod pipeliner;
 pub mod report;
 pub mod sink;
 pub mod template;
+pub mod text;
