@@ -9,6 +9,7 @@ pub mod input;
 pub mod latency;
 pub mod pipeliner;
 pub mod report;
+pub mod review;
 pub mod sink;
 pub mod template;
 pub mod text;
