@@ -52,22 +52,21 @@ pub enum FsError {
         /// The path.
         path: PathBuf,
     },
-    /// Any other I/O error.
-    #[error("{}: {source}", .path.display())]
+    /// Any other I/O error (shown in the message, so not repeated as a source).
+    #[error("{}: {error}", .path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 impl FsError {
-    fn io(path: &Path, source: io::Error) -> Self {
+    fn io(path: &Path, error: io::Error) -> Self {
         Self::Io {
             path: path.to_owned(),
-            source,
+            error,
         }
     }
 
@@ -227,6 +226,8 @@ impl AtomicFile {
                     });
                 }
                 Err(FsError::Exists { .. } | FsError::Symlink { .. }) => continue,
+                // Name the destination: the temporary name means nothing to the user.
+                Err(FsError::Io { error, .. }) => return Err(FsError::io(dest, error)),
                 Err(e) => return Err(e),
             }
         }

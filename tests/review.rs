@@ -497,3 +497,64 @@ fn csv_cells_are_guarded_and_read_back() {
         "550 <script>alert(1)</script> \\x1b[2J\\x1b]0;pwned\\x07 </td></table>"
     );
 }
+
+#[test]
+fn a_resumed_report_supersedes_the_one_it_resumed() {
+    let fx = Fx::new();
+    fx.write("list.csv", list());
+    fx.write("msg.eml", TEMPLATE);
+    let sink = SinkHandle::start(
+        "127.0.0.1:0".parse().expect("address"),
+        SinkConfig {
+            reject: ["450:*@slow.example"]
+                .iter()
+                .map(|r| r.parse().expect("rule"))
+                .collect(),
+            ..SinkConfig::default()
+        },
+    )
+    .expect("sink");
+    send(&fx, &sink, &["--report", "first.csv"]);
+    send(
+        &fx,
+        &sink,
+        &["--resume", "first.csv", "--report", "second.csv"],
+    );
+    let first = rows_of(&fx.path("first.csv"));
+    let second = rows_of(&fx.path("second.csv"));
+    assert_eq!(
+        (first.len(), second.len()),
+        (30, 30),
+        "each report is complete"
+    );
+    let copied = second.iter().filter(|r| first.contains(r)).count();
+    assert_eq!(copied, 26, "the sent rows are copied as they were");
+
+    let mut c = fx.cmd();
+    c.args(["report", "merge", "first.csv", "second.csv", "-o", "m.csv"]);
+    let o = run(c);
+    expect_code(&o, 65);
+    assert!(
+        o.stderr.contains("30 input row(s) appear more than once"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr
+            .contains("row 1 <user1@ok.example> in first.csv (sent) and second.csv (sent)"),
+        "{}",
+        o.stderr
+    );
+    assert!(
+        o.stderr
+            .contains("merge only the last report of each resume chain"),
+        "{}",
+        o.stderr
+    );
+
+    let mut c = fx.cmd();
+    c.args(["report", "merge", "second.csv", "-o", "m.csv"]);
+    let o = run(c);
+    expect_code(&o, 0);
+    assert_eq!(rows_of(&fx.path("m.csv")).len(), 30);
+}

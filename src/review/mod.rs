@@ -41,13 +41,12 @@ pub enum ReviewError {
         path: String,
     },
     /// An input report could not be read (exit 66).
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Read {
         /// The file, printable.
         path: String,
-        /// The error.
-        #[source]
-        source: io::Error,
+        /// The error (in the message, so not repeated as a source).
+        error: io::Error,
     },
     /// A record is not a pipemail report row (exit 65).
     #[error("{path}:{line}: not a pipemail report row: {message}")]
@@ -68,13 +67,12 @@ pub enum ReviewError {
         details: String,
     },
     /// The output could not be written (exit 74).
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Write {
         /// The file, printable.
         path: String,
-        /// The error.
-        #[source]
-        source: io::Error,
+        /// The error (in the message, so not repeated as a source).
+        error: io::Error,
     },
     /// The output file could not be created safely (exit 74).
     #[error(transparent)]
@@ -94,7 +92,7 @@ impl ReviewError {
 
     /// True when the error is a closed standard output (a pipe into `head`).
     pub fn is_broken_pipe(&self) -> bool {
-        matches!(self, Self::Write { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+        matches!(self, Self::Write { error, .. } if error.kind() == io::ErrorKind::BrokenPipe)
     }
 }
 
@@ -147,7 +145,7 @@ impl Output {
     pub(crate) fn write_err(&self, source: io::Error) -> ReviewError {
         ReviewError::Write {
             path: self.name().to_owned(),
-            source,
+            error: source,
         }
     }
 
@@ -156,12 +154,12 @@ impl Output {
         match self {
             Self::Stdout(mut w) => w.flush().map_err(|source| ReviewError::Write {
                 path: "<stdout>".into(),
-                source,
+                error: source,
             }),
             Self::File(w, name) => {
                 let file = w.into_inner().map_err(|e| ReviewError::Write {
                     path: name,
-                    source: e.into_error(),
+                    error: e.into_error(),
                 })?;
                 Ok(file.commit()?)
             }
@@ -226,7 +224,7 @@ pub fn run(action: Action) -> Result<(), ReviewError> {
                 .and_then(|()| out.flush())
                 .map_err(|source| ReviewError::Write {
                     path: "<stdout>".into(),
-                    source,
+                    error: source,
                 })
         }
         Action::Merge {

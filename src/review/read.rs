@@ -58,7 +58,7 @@ impl ReportReader {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(ReviewError::NotFound { path: name });
                 }
-                Err(source) => return Err(ReviewError::Read { path: name, source }),
+                Err(error) => return Err(ReviewError::Read { path: name, error }),
             }
         };
         Self::from_reader(&name, input)
@@ -68,9 +68,9 @@ impl ReportReader {
     pub fn from_reader(name: &str, input: Box<dyn Read>) -> Result<Self, ReviewError> {
         let name = name.to_owned();
         let mut reader = BufReader::with_capacity(64 << 10, input);
-        let read_err = |source| ReviewError::Read {
+        let read_err = |error| ReviewError::Read {
             path: name.clone(),
-            source,
+            error,
         };
         let first = loop {
             let buf = reader.fill_buf().map_err(read_err)?;
@@ -95,7 +95,7 @@ impl ReportReader {
                 let headers = csv.headers().map_err(|e| ReviewError::Parse {
                     path: name.clone(),
                     line: 1,
-                    message: e.to_string(),
+                    message: printable_str(&e.to_string()).into_owned(),
                 })?;
                 let mut cols = [0usize; 10];
                 for (i, col) in COLUMNS.iter().enumerate() {
@@ -219,10 +219,10 @@ fn json_step(
     match reader.by_ref().take(MAX_LINE).read_until(b'\n', line) {
         Ok(0) => return Step::End,
         Ok(_) => {}
-        Err(source) => {
+        Err(error) => {
             return Step::Fatal(ReviewError::Read {
                 path: name.to_owned(),
-                source,
+                error,
             });
         }
     }
@@ -231,7 +231,7 @@ fn json_step(
         Step::Bad(ReviewError::Parse {
             path: name.to_owned(),
             line: *lineno,
-            message,
+            message: printable_str(&message).into_owned(),
         })
     };
     if line.len() as u64 >= MAX_LINE && line.last() != Some(&b'\n') {
@@ -277,7 +277,7 @@ fn csv_step(
                 Err(message) => Step::Bad(ReviewError::Parse {
                     path: name.to_owned(),
                     line,
-                    message,
+                    message: printable_str(&message).into_owned(),
                 }),
             }
         }
@@ -285,7 +285,7 @@ fn csv_step(
             let err = ReviewError::Parse {
                 path: name.to_owned(),
                 line,
-                message: e.to_string(),
+                message: printable_str(&e.to_string()).into_owned(),
             };
             if e.is_io_error() {
                 Step::Fatal(err)

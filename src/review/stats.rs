@@ -327,7 +327,10 @@ impl Summary {
             Some(r) => {
                 let _ = writeln!(o, "rate     {} rows/s", rate(r));
             }
-            None => o.push_str("rate     - (all rows finished in the same millisecond)\n"),
+            None if self.rows > 1 => {
+                o.push_str("rate     - (all rows finished in the same millisecond)\n");
+            }
+            None => o.push_str("rate     -\n"),
         }
 
         let (replies, other) = self.replies();
