@@ -325,6 +325,9 @@ pub(crate) enum ReportCommand {
         /// How many domains to list.
         #[arg(long, default_value_t = 10, value_name = "N")]
         top: usize,
+        /// One JSON object on stdout instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Join shard reports (or the last report of each --resume chain) into one; every row once.
     Merge {
@@ -357,7 +360,7 @@ impl ReportCommand {
     pub(crate) fn into_action(self) -> pipemail::review::Action {
         use pipemail::review::Action;
         match self {
-            Self::Summary { files, top } => Action::Summary { files, top },
+            Self::Summary { files, top, json } => Action::Summary { files, top, json },
             Self::Merge {
                 files,
                 output,

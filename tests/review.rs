@@ -116,6 +116,27 @@ fn summary_of_the_sample() {
 }
 
 #[test]
+fn summary_as_json() {
+    let fx = Fx::new();
+    let mut c = fx.cmd();
+    c.args(["report", "summary", "--json", &sample()]);
+    let o = run(c);
+    expect_code(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("one JSON object");
+    assert_eq!(v["rows"], 12);
+    assert_eq!(v["status"]["sent"], 11);
+    assert_eq!(v["status"]["failed"], 1);
+    assert_eq!(v["rows_per_second"], 500.0);
+    assert_eq!(v["first_finished_at"], "2026-11-25T21:08:44.944Z");
+    assert_eq!(
+        v["replies"][0],
+        serde_json::json!({"smtp_code": 250, "enhanced_code": "2.0.0", "stage": null, "rows": 11})
+    );
+    assert_eq!(v["replies"][1]["stage"], "input");
+    assert_eq!(v["row_numbers"]["missing"], 0);
+}
+
+#[test]
 fn summary_exit_codes() {
     let fx = Fx::new();
     let mut c = fx.cmd();

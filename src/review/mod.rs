@@ -186,12 +186,14 @@ impl Write for Output {
 /// A `pipemail report` command, as parsed from the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// `report summary FILE… [--top N]`.
+    /// `report summary FILE… [--top N] [--json]`.
     Summary {
         /// Input reports (`-`: standard input).
         files: Vec<String>,
         /// Domains to list.
         top: usize,
+        /// JSON instead of text.
+        json: bool,
     },
     /// `report merge FILE… --output OUT [--format F]`.
     Merge {
@@ -217,8 +219,15 @@ pub enum Action {
 /// account to standard error.
 pub fn run(action: Action) -> Result<(), ReviewError> {
     match action {
-        Action::Summary { files, top } => {
-            let text = summary_text(&files, top)?;
+        Action::Summary { files, top, json } => {
+            let summary = summarize(&files)?;
+            let text = if json {
+                let mut t = summary.to_json(top).to_string();
+                t.push('\n');
+                t
+            } else {
+                summary.render_text(top)
+            };
             let mut out = io::stdout().lock();
             out.write_all(text.as_bytes())
                 .and_then(|()| out.flush())

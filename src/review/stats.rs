@@ -283,6 +283,54 @@ impl Summary {
         (span > 0.0).then(|| self.rows as f64 / span)
     }
 
+    /// The summary as one JSON object (`report summary --json`). Strings are as in the
+    /// report; JSON escaping keeps control characters inert.
+    pub fn to_json(&self, top: usize) -> serde_json::Value {
+        use serde_json::json;
+        let (replies, other_replies) = self.replies();
+        let replies: Vec<_> = replies
+            .iter()
+            .map(|(k, n)| match k {
+                ReplyKey::Smtp(code, enhanced) => json!({
+                    "smtp_code": code, "enhanced_code": enhanced, "stage": null, "rows": n,
+                }),
+                ReplyKey::Local(stage) => json!({
+                    "smtp_code": null, "enhanced_code": null, "stage": stage, "rows": n,
+                }),
+            })
+            .collect();
+        let (domains, rest) = self.top_domains(top);
+        let domains: Vec<_> = domains
+            .iter()
+            .map(|(d, c)| json!({"domain": d, "failed": c.failed, "deferred": c.deferred}))
+            .collect();
+        let status: serde_json::Map<String, serde_json::Value> = STATUSES
+            .iter()
+            .map(|s| (s.as_str().to_owned(), json!(self.count(*s))))
+            .collect();
+        let rows = self.row_range().map(|(distinct, lo, hi, missing)| {
+            json!({
+                "distinct": distinct, "lowest": lo, "highest": hi, "missing": missing,
+                "repeated": self.repeated,
+            })
+        });
+        json!({
+            "files": self.files,
+            "truncated": self.truncated,
+            "rows": self.rows,
+            "row_numbers": rows,
+            "status": status,
+            "first_finished_at": self.first.map(timestamp),
+            "last_finished_at": self.last.map(timestamp),
+            "seconds": self.span_seconds(),
+            "rows_per_second": self.throughput(),
+            "replies": replies,
+            "other_replies": other_replies,
+            "domains": domains,
+            "other_domains": {"failed": rest.failed, "deferred": rest.deferred},
+        })
+    }
+
     /// The plain-text summary (all text printable).
     pub fn render_text(&self, top: usize) -> String {
         let mut o = String::new();
