@@ -319,7 +319,7 @@ fn time_chart(o: &mut String, s: &Summary) {
         left + plot_w,
         top + plot_h
     );
-    for (i, frac) in [(0, 1.0), (1, 0.5)] {
+    for frac in [1.0, 0.5] {
         let y = top + plot_h * (1.0 - frac);
         let _ = write!(
             o,
@@ -330,7 +330,6 @@ fn time_chart(o: &mut String, s: &Summary) {
             y + 4.0,
             rate(max * frac)
         );
-        let _ = i;
     }
     let _ = write!(
         o,

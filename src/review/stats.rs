@@ -342,7 +342,7 @@ impl Summary {
             );
         }
         let _ = write!(o, "rows     {}", group(self.rows));
-        if let Some((distinct, lo, hi, missing)) = self.row_range() {
+        if let Some((_, lo, hi, missing)) = self.row_range() {
             let _ = write!(
                 o,
                 " (row numbers {}–{}, {} missing, {} repeated)",
@@ -351,7 +351,6 @@ impl Summary {
                 group(missing),
                 group(self.repeated)
             );
-            let _ = distinct;
         }
         o.push('\n');
         let statuses: Vec<String> = STATUSES
