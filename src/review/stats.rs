@@ -11,9 +11,9 @@ use crate::report::{ReportRow, Stage, Status};
 use crate::text::printable_str;
 
 /// Distinct domains counted exactly; failures at further domains go to "other domains".
-pub(crate) const MAX_DOMAINS: usize = 50_000;
+pub const MAX_DOMAINS: usize = 50_000;
 /// Distinct reply codes counted exactly; the rest go to "other replies".
-pub(crate) const MAX_REPLIES: usize = 1_000;
+pub const MAX_REPLIES: usize = 1_000;
 /// The timeline keeps at most this many buckets, doubling their width when it would grow past.
 const MAX_BUCKETS: usize = 2_048;
 
