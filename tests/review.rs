@@ -130,7 +130,10 @@ fn summary_as_json() {
     assert_eq!(v["first_finished_at"], "2026-11-25T21:08:44.944Z");
     assert_eq!(
         v["replies"][0],
-        serde_json::json!({"smtp_code": 250, "enhanced_code": "2.0.0", "stage": null, "rows": 11})
+        serde_json::json!({
+            "smtp_code": 250, "enhanced_code": "2.0.0", "stage": null, "rows": 11,
+            "example": "Ok: queued as 000000000017",
+        })
     );
     assert_eq!(v["replies"][1]["stage"], "input");
     assert_eq!(v["row_numbers"]["missing"], 0);
@@ -476,6 +479,13 @@ fn html_escapes_hostile_text() {
     );
     assert!(page.contains("x&lt;script&gt;.example"), "domain escaped");
     assert!(page.contains("5.7.1&lt;b&gt;"), "enhanced code escaped");
+    assert!(
+        page.contains(
+            "550 &lt;script&gt;alert(1)&lt;/script&gt; \\x1b[2J\\x1b]0;pwned\\x07 &lt;/td&gt;&lt;/table&gt;"
+        ),
+        "server text shown, escaped"
+    );
+    assert!(page.contains("451 &#39;&quot;&gt;&lt;svg onload=alert(3)&gt;"));
     assert!(page.contains("Content-Security-Policy"));
     assert!(page.contains("<svg"), "charts");
     assert!(page.trim_end().ends_with("</html>"));

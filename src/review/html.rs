@@ -58,6 +58,8 @@ table{border-collapse:collapse;font-variant-numeric:tabular-nums}\
 th,td{padding:4px 12px 4px 0;text-align:left;border-bottom:1px solid #eaeef2}\
 td.n,th.n{text-align:right}th{color:#57606a;font-weight:600}\
 .note{color:#57606a;font-size:12px}svg text{font:12px system-ui,sans-serif;fill:#1d2327}\
+td.text{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px;\
+color:#3d444d;word-break:break-all;max-width:620px}\
 .sw{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px}";
 
 /// The page for `s`, listing the `top` domains by failures and deferrals.
@@ -104,20 +106,24 @@ pub fn render(s: &Summary, top: usize) -> String {
     }
     o.push_str("</table></div>\n");
 
-    o.push_str("<h2>Replies</h2>\n<div class=\"panel\"><table><tr><th>reply</th><th class=\"n\">rows</th></tr>");
+    o.push_str(
+        "<h2>Replies</h2>\n<div class=\"panel\"><table><tr><th>reply</th>\
+         <th class=\"n\">rows</th><th>first response</th></tr>",
+    );
     let (replies, other) = s.replies();
     for (k, n) in &replies {
         let _ = write!(
             o,
-            "<tr><td>{}</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"text\">{}</td></tr>",
             escape(&k.label()),
-            group(*n)
+            group(*n),
+            escape(s.example(k).unwrap_or(""))
         );
     }
     if other > 0 {
         let _ = write!(
             o,
-            "<tr><td>(other replies)</td><td class=\"n\">{}</td></tr>",
+            "<tr><td>(other replies)</td><td class=\"n\">{}</td><td></td></tr>",
             group(other)
         );
     }

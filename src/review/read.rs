@@ -252,6 +252,15 @@ fn json_step(
     if t.is_empty() {
         return Step::Skip;
     }
+    if t == "{" {
+        return Step::Fatal(ReviewError::Parse {
+            path: name.to_owned(),
+            line: *lineno,
+            message: "a JSON object spread over lines (pretty-printed?); pipemail reads one \
+                      object per line: `jq -c '.[]'` converts it to JSON Lines"
+                .to_owned(),
+        });
+    }
     match serde_json::from_str::<ReportRow>(t) {
         Ok(row) => Step::Row(row),
         Err(e) => bad(e.to_string()),

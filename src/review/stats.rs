@@ -14,6 +14,8 @@ use crate::text::printable_str;
 pub const MAX_DOMAINS: usize = 50_000;
 /// Distinct reply codes counted exactly; the rest go to "other replies".
 pub const MAX_REPLIES: usize = 1_000;
+/// Characters kept of a reply's example text.
+const EXAMPLE_CHARS: usize = 300;
 /// The timeline keeps at most this many buckets, doubling their width when it would grow past.
 const MAX_BUCKETS: usize = 2_048;
 
@@ -163,7 +165,8 @@ pub struct Summary {
     /// Rows read.
     pub rows: u64,
     by_status: [u64; 5],
-    replies: HashMap<ReplyKey, u64>,
+    /// Per reply: rows, and the text of the first row with that reply.
+    replies: HashMap<ReplyKey, (u64, String)>,
     other_replies: u64,
     domains: HashMap<String, DomainCounts>,
     other_domains: DomainCounts,
@@ -196,9 +199,10 @@ impl Summary {
             None => ReplyKey::Local(row.stage.map(Stage::as_str)),
         };
         if let Some(n) = self.replies.get_mut(&key) {
-            *n += 1;
+            n.0 += 1;
         } else if self.replies.len() < MAX_REPLIES {
-            self.replies.insert(key, 1);
+            let example = row.response.chars().take(EXAMPLE_CHARS).collect();
+            self.replies.insert(key, (1, example));
         } else {
             self.other_replies += 1;
         }
@@ -237,10 +241,16 @@ impl Summary {
         self.by_status[status_index(s)]
     }
 
+    /// The response text of the first row with this reply (at most 300 characters, as in
+    /// the report: not yet made printable).
+    pub fn example(&self, key: &ReplyKey) -> Option<&str> {
+        self.replies.get(key).map(|e| e.1.as_str())
+    }
+
     /// Replies by count, most frequent first (ties: by code), and the count of rows whose
     /// reply was not tracked (past [`MAX_REPLIES`] distinct replies).
     pub fn replies(&self) -> (Vec<(ReplyKey, u64)>, u64) {
-        let mut v: Vec<_> = self.replies.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        let mut v: Vec<_> = self.replies.iter().map(|(k, n)| (k.clone(), n.0)).collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         (v, self.other_replies)
     }
@@ -293,9 +303,11 @@ impl Summary {
             .map(|(k, n)| match k {
                 ReplyKey::Smtp(code, enhanced) => json!({
                     "smtp_code": code, "enhanced_code": enhanced, "stage": null, "rows": n,
+                    "example": self.example(k),
                 }),
                 ReplyKey::Local(stage) => json!({
                     "smtp_code": null, "enhanced_code": null, "stage": stage, "rows": n,
+                    "example": self.example(k),
                 }),
             })
             .collect();
