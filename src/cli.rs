@@ -36,6 +36,9 @@ pub(crate) enum Command {
     },
     /// Print the man page (roff).
     Man,
+    /// Read finished reports: summary, merge shards, HTML page.
+    #[command(subcommand)]
+    Report(ReportCommand),
 }
 
 /// How to use TLS.
@@ -340,6 +343,71 @@ pub(crate) fn parse_shard(s: &str) -> Result<(u64, u64), String> {
         return Err(format!("bad shard {s:?}: K must be from 1 to N"));
     }
     Ok((k, n))
+}
+
+/// `pipemail report …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ReportCommand {
+    /// Counts by status and reply, the domains with the most failures, timing and rows/s.
+    Summary {
+        /// Reports (csv, json or jsonl; `-` for stdin).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+        /// How many domains to list.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        top: usize,
+        /// One JSON object on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join shard reports (or the last report of each --resume chain) into one; every row once.
+    Merge {
+        /// Reports to merge (files).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+        /// The merged report (`-` for stdout).
+        #[arg(long, short = 'o', value_name = "OUT")]
+        output: String,
+        /// Format of the merged report (default: from OUT's extension, else csv).
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+    },
+    /// One self-contained HTML page with the summary tables and charts.
+    Html {
+        /// Reports (csv, json or jsonl; `-` for stdin).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+        /// The page (`-` for stdout).
+        #[arg(long, short = 'o', value_name = "OUT.html")]
+        output: String,
+        /// How many domains to list.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        top: usize,
+    },
+}
+
+impl ReportCommand {
+    /// The command for `pipemail::review::run`.
+    pub(crate) fn into_action(self) -> pipemail::review::Action {
+        use pipemail::review::Action;
+        match self {
+            Self::Summary { files, top, json } => Action::Summary { files, top, json },
+            Self::Merge {
+                files,
+                output,
+                format,
+            } => Action::Merge {
+                files,
+                output,
+                format: format.map(|f| match f {
+                    FormatArg::Csv => pipemail::report::Format::Csv,
+                    FormatArg::Json => pipemail::report::Format::Json,
+                    FormatArg::Jsonl => pipemail::report::Format::Jsonl,
+                }),
+            },
+            Self::Html { files, output, top } => Action::Html { files, output, top },
+        }
+    }
 }
 
 #[cfg(test)]

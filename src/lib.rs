@@ -5,9 +5,12 @@
 pub mod campaign;
 pub mod driver;
 pub mod engine;
+pub mod fsutil;
 pub mod input;
 pub mod latency;
 pub mod pipeliner;
 pub mod report;
+pub mod review;
 pub mod sink;
 pub mod template;
+pub mod text;

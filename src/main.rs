@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command};
-use exit::{Exit, Failure};
+use exit::{Exit, Failure, fail};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -84,6 +84,9 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             );
             Ok(Exit::Ok)
         }
+        Command::Report(r) => pipemail::review::run(r.into_action())
+            .map(|()| Exit::Ok)
+            .or_else(report_failure),
         Command::Man => {
             clap_mangen::Man::new(Cli::command())
                 .render(&mut std::io::stdout())
@@ -91,4 +94,16 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// `pipemail report …` failed: its sysexits code (the work is in `pipemail::review`).
+fn report_failure(e: pipemail::review::ReviewError) -> Result<Exit, Failure> {
+    let exit = match e.exit_code() {
+        _ if e.is_broken_pipe() => return Ok(Exit::Ok),
+        64 => Exit::Usage,
+        65 => Exit::DataErr,
+        66 => Exit::NoInput,
+        _ => Exit::IoErr,
+    };
+    Err(fail(exit, e))
 }
