@@ -2,6 +2,7 @@
 //! client engine.
 #![forbid(unsafe_code)]
 
+pub mod deliver;
 pub mod driver;
 pub mod engine;
 pub mod input;
