@@ -2,6 +2,7 @@
 //! client engine.
 #![forbid(unsafe_code)]
 
+pub mod bounces;
 pub mod deliver;
 pub mod driver;
 pub mod engine;

@@ -75,6 +75,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Sink(a) => demo::sink(&a),
         Command::Demo(a) => demo::run(&a),
         Command::LatencyProxy(a) => demo::proxy(&a),
+        Command::Bounces(a) => bounces(a),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -91,4 +92,40 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             Ok(Exit::Ok)
         }
     }
+}
+
+fn bounces(a: cli::BouncesArgs) -> Result<Exit, Failure> {
+    use pipemail::bounces::{self, Mailbox};
+    let mailbox = match (a.maildir, a.mbox) {
+        (Some(d), _) => Mailbox::Maildir(d),
+        (None, Some(f)) => Mailbox::Mbox(f),
+        (None, None) => {
+            let e = anyhow::anyhow!("give --maildir DIR or --mbox FILE");
+            return Err(Failure::new(Exit::Usage, e));
+        }
+    };
+    let opts = bounces::Options {
+        report: a.report,
+        mailbox,
+        output: a.output,
+    };
+    let summary = bounces::run(&opts, &mut std::io::stdout().lock()).map_err(|e| {
+        let exit = match e.exit_code() {
+            64 => Exit::Usage,
+            65 => Exit::DataErr,
+            66 => Exit::NoInput,
+            _ => Exit::IoErr,
+        };
+        Failure::new(exit, e)
+    })?;
+    for u in &summary.unmatched {
+        eprintln!(
+            "pipemail: unmatched bounce in {}: {} {}",
+            u.source,
+            u.recipient.as_deref().unwrap_or("(no recipient)"),
+            u.status.as_deref().unwrap_or("(no status)")
+        );
+    }
+    eprintln!("pipemail: {}", summary.line());
+    Ok(Exit::Ok)
 }
