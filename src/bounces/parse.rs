@@ -379,6 +379,27 @@ mod tests {
     }
 
     #[test]
+    fn dsn_with_two_recipients_and_xtext() {
+        let m =
+            b"From: MAILER-DAEMON@mx.ex.com\r\nTo: b@ex.com\r\nSubject: x\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n\
+--B\r\nContent-Type: text/plain\r\n\r\nfailed\r\n\
+--B\r\nContent-Type: message/delivery-status\r\n\r\n\
+Reporting-MTA: dns; mx.ex.com\r\nOriginal-Envelope-Id: c+2Dx.7\r\n\r\n\
+Final-Recipient: rfc822; one@ex.org\r\nAction: failed\r\nStatus: 5.1.1 (user unknown)\r\n\r\n\
+Final-Recipient: rfc822; two@ex.org\r\nAction: delayed\r\nStatus: 4.2.2\r\n\
+Diagnostic-Code: smtp; 452 4.2.2 mailbox\r\n  full\r\n\r\n--B--\r\n";
+        let v = parse(m);
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert_eq!(v[0].envid.as_deref(), Some("c-x.7"));
+        assert_eq!(v[0].status.as_deref(), Some("5.1.1"));
+        assert_eq!(v[0].action, Action::Failed);
+        assert_eq!(v[1].recipient.as_deref(), Some("two@ex.org"));
+        assert_eq!(v[1].action, Action::Delayed);
+        assert_eq!(v[1].diagnostic.as_deref(), Some("452 4.2.2 mailbox full"));
+    }
+
+    #[test]
     fn not_a_bounce() {
         let m = b"From: friend@ex.com\r\nTo: me@ex.org\r\nSubject: Re: hello\r\n\r\nThanks, 5.1.1 is fine\r\n";
         assert!(parse(m).is_empty());
