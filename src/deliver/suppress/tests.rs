@@ -95,3 +95,47 @@ fn appender_appends_and_refuses_symlinks() {
 }
 
 use std::os::unix::fs::PermissionsExt;
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Load time and memory for a 1M-line list:
+/// `cargo test --release --lib suppress::tests::bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn bench_load_million() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("million.txt");
+    let mut f = io::BufWriter::new(File::create(&path).unwrap());
+    for i in 0..1_000_000u32 {
+        if i % 1000 == 0 {
+            writeln!(f, "@Domain{i}.example").unwrap();
+        } else {
+            writeln!(f, "User.{i}@Example{}.com", i % 5000).unwrap();
+        }
+    }
+    drop(f);
+    let before = rss_kib();
+    let t = std::time::Instant::now();
+    let mut s = Suppression::new();
+    let n = s.load(&path).unwrap();
+    let load = t.elapsed();
+    let after = rss_kib();
+    let t = std::time::Instant::now();
+    let hits = (0..1_000_000u32)
+        .filter(|i| s.contains(&format!("user.{i}@example{}.com", i % 5000)))
+        .count();
+    let lookups = t.elapsed();
+    assert_eq!(n, 1_000_000);
+    assert_eq!(hits, 999_000);
+    println!(
+        "suppression: {n} lines loaded in {:.0} ms, RSS +{} MiB; 1M contains() in {:.0} ms",
+        load.as_secs_f64() * 1e3,
+        (after.saturating_sub(before)) / 1024,
+        lookups.as_secs_f64() * 1e3
+    );
+}
