@@ -216,7 +216,7 @@ fn json_reports_keep_their_format() {
         (format!("[\n{}\n]\n", rows.join(",\n")), "[\n{\"row\":1,"),
     ] {
         let mut report = Report::parse(&text).unwrap();
-        let s = bounces::apply(&mut report, &messages);
+        let s = bounces::apply(&mut report, messages.iter().cloned().map(Ok)).unwrap();
         assert_eq!(s.rows_bounced, 5);
         let mut out = Vec::new();
         report.write(&mut out).unwrap();

@@ -184,50 +184,61 @@ impl Matcher {
     }
 }
 
-/// Reads every message of a mailbox: `(source name, raw bytes)`, in a stable order.
-pub fn read_mailbox(mailbox: &Mailbox) -> Result<Vec<(String, Vec<u8>)>, BounceError> {
-    let no_input = |path: &Path| {
+/// Messages of a mailbox, read one at a time: `(source name, raw bytes)`.
+pub type Messages = Box<dyn Iterator<Item = Result<(String, Vec<u8>), BounceError>>>;
+
+/// Opens a mailbox. Maildir messages (`cur/` and `new/`, dot-files skipped) come in file-name
+/// order; mbox messages in file order, split by mail-parser. Each message is read when the
+/// iterator reaches it, so memory does not grow with the mailbox.
+pub fn open_mailbox(mailbox: &Mailbox) -> Result<Messages, BounceError> {
+    fn no_input(path: &Path) -> impl FnOnce(io::Error) -> BounceError {
         let path = path.to_owned();
         move |source| BounceError::NoInput { path, source }
-    };
+    }
     match mailbox {
         Mailbox::Maildir(dir) => {
-            std::fs::metadata(dir).map_err(no_input(dir))?;
-            let it =
-                mail_parser::mailbox::maildir::MessageIterator::new(dir).map_err(no_input(dir))?;
-            let mut out = Vec::new();
-            for m in it {
-                let m = m.map_err(no_input(dir))?;
-                let name = m
-                    .path()
-                    .file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-                out.push((name, m.unwrap_contents()));
+            let mut files = Vec::new();
+            for sub in ["cur", "new"] {
+                let d = dir.join(sub);
+                for entry in std::fs::read_dir(&d).map_err(no_input(&d))? {
+                    let entry = entry.map_err(no_input(&d))?;
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if !name.starts_with('.') {
+                        files.push((name, entry.path()));
+                    }
+                }
             }
-            out.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(out)
+            files.sort();
+            Ok(Box::new(files.into_iter().map(|(name, path)| {
+                std::fs::read(&path)
+                    .map(|raw| (name, raw))
+                    .map_err(no_input(&path))
+            })))
         }
         Mailbox::Mbox(file) => {
             let f = File::open(file).map_err(no_input(file))?;
             let it = mail_parser::mailbox::mbox::MessageIterator::new(BufReader::new(f));
-            let mut out = Vec::new();
-            for (n, m) in it.enumerate() {
-                let m = m.map_err(no_input(file))?;
-                out.push((format!("mbox message {}", n + 1), m.unwrap_contents()));
-            }
-            Ok(out)
+            let file = file.clone();
+            Ok(Box::new(it.enumerate().map(move |(n, m)| {
+                m.map(|m| (format!("mbox message {}", n + 1), m.unwrap_contents()))
+                    .map_err(no_input(&file))
+            })))
         }
     }
 }
 
-/// Applies the bounces in `messages` to `report`.
-pub fn apply(report: &mut Report, messages: &[(String, Vec<u8>)]) -> Summary {
+/// Applies the bounces in `messages` to `report`; stops at the first unreadable message.
+pub fn apply<I>(report: &mut Report, messages: I) -> Result<Summary, BounceError>
+where
+    I: IntoIterator<Item = Result<(String, Vec<u8>), BounceError>>,
+{
     let matcher = Matcher::new(report);
     let mut summary = Summary::default();
     let mut bounced = vec![false; report.len()];
-    for (source, raw) in messages {
+    for message in messages {
+        let (source, raw) = message?;
         summary.messages += 1;
-        let entries = parse::parse(raw);
+        let entries = parse::parse(&raw);
         if entries.is_empty() {
             summary.not_bounces += 1;
             continue;
@@ -258,7 +269,7 @@ pub fn apply(report: &mut Report, messages: &[(String, Vec<u8>)]) -> Summary {
         }
     }
     summary.rows_bounced = bounced.iter().filter(|b| **b).count() as u64;
-    summary
+    Ok(summary)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -289,8 +300,8 @@ pub fn run(opts: &Options, stdout: &mut dyn Write) -> Result<Summary, BounceErro
     };
     let text = String::from_utf8(text).map_err(|_| bad("not UTF-8".to_owned()))?;
     let mut report = Report::parse(&text).map_err(bad)?;
-    let messages = read_mailbox(&opts.mailbox)?;
-    let summary = apply(&mut report, &messages);
+    let messages = open_mailbox(&opts.mailbox)?;
+    let summary = apply(&mut report, messages)?;
     match output {
         Some(path) => {
             let write_err = |source| BounceError::Write {
