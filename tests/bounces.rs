@@ -351,3 +351,16 @@ fn cli_exit_codes() {
         .assert()
         .code(65);
 }
+
+#[test]
+fn truncated_and_mangled_bounces_do_not_panic() {
+    for name in MESSAGES {
+        let raw = fixture(name);
+        for cut in (0..raw.len()).step_by(37) {
+            let _ = bounces::parse::parse(&raw[..cut]);
+            let mut m = raw.clone();
+            m[cut] ^= 0x80;
+            let _ = bounces::parse::parse(&m);
+        }
+    }
+}

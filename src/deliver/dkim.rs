@@ -106,6 +106,18 @@ pub enum DkimError {
     Sign(String),
 }
 
+impl DkimError {
+    /// The sysexits code for a key or selector problem found at startup: 66 for an
+    /// unreadable key file, 65 for a bad key, selector or domain, 70 for a signing failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Read { .. } => 66,
+            Self::Sign(_) => 70,
+            _ => 65,
+        }
+    }
+}
+
 /// DKIM key algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyAlgorithm {

@@ -319,6 +319,15 @@ mod tests {
         assert!(decode_xtext("a+zz").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn xtext_round_trips_and_is_safe(s in "\\PC*") {
+            let x = xtext(&s);
+            proptest::prop_assert!(x.bytes().all(|b| (b'!'..=b'~').contains(&b) && b != b'='));
+            proptest::prop_assert_eq!(decode_xtext(&x).unwrap(), s);
+        }
+    }
+
     #[test]
     fn notify_values() {
         assert_eq!("never".parse::<Notify>().unwrap(), Notify::NEVER);

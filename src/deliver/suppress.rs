@@ -61,6 +61,17 @@ pub enum SuppressError {
     },
 }
 
+impl SuppressError {
+    /// The sysexits code: 66 unreadable list, 65 malformed list, 74 append failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Read { .. } => 66,
+            Self::BadEntry { .. } | Self::NoEmailColumn { .. } | Self::Csv { .. } => 65,
+            Self::Append { .. } => 74,
+        }
+    }
+}
+
 /// A set of suppressed addresses and domains.
 #[derive(Debug, Default, Clone)]
 pub struct Suppression {
