@@ -29,6 +29,8 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Forward TCP connections, delaying each direction by half a round-trip time.
     LatencyProxy(ProxyArgs),
+    /// Match bounce messages (DSNs) to a report's rows and write the report with them `bounced`.
+    Bounces(BouncesArgs),
     /// Print shell completions.
     Completions {
         /// Shell to complete for.
@@ -39,6 +41,24 @@ pub(crate) enum Command {
     /// Read finished reports: summary, merge shards, HTML page.
     #[command(subcommand)]
     Report(ReportCommand),
+}
+
+/// Flags of `pipemail bounces`.
+#[derive(Debug, Clone, Args)]
+#[command(group = clap::ArgGroup::new("mailbox").required(true).args(["maildir", "mbox"]))]
+pub(crate) struct BouncesArgs {
+    /// The report written by `send` (CSV, JSON or JSON lines); it is never modified.
+    #[arg(long, value_name = "REPORT")]
+    pub(crate) report: PathBuf,
+    /// Read bounce messages from this Maildir.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) maildir: Option<PathBuf>,
+    /// Read bounce messages from this mbox file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) mbox: Option<PathBuf>,
+    /// Write the updated report here (default: standard output).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
 }
 
 /// How to use TLS.

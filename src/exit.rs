@@ -48,6 +48,20 @@ impl Exit {
         }
     }
 
+    /// The exit for a library error that names its own sysexits code (`exit_code()` of
+    /// `review`, `bounces` and `deliver` errors); an unknown code is an I/O error.
+    pub(crate) fn from_sysexits(code: i32) -> Self {
+        match code {
+            64 => Self::Usage,
+            65 => Self::DataErr,
+            66 => Self::NoInput,
+            69 => Self::Unavailable,
+            70 => Self::Software,
+            75 => Self::TempFail,
+            _ => Self::IoErr,
+        }
+    }
+
     pub(crate) fn hint(self) -> Option<&'static str> {
         match self {
             Self::Usage => Some("see `pipemail --help`"),

@@ -3,6 +3,8 @@
 #![forbid(unsafe_code)]
 
 pub mod campaign;
+pub mod bounces;
+pub mod deliver;
 pub mod driver;
 pub mod engine;
 pub mod fsutil;

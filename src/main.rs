@@ -75,6 +75,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Sink(a) => demo::sink(&a),
         Command::Demo(a) => demo::run(&a),
         Command::LatencyProxy(a) => demo::proxy(&a),
+        Command::Bounces(a) => bounces(a),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -98,12 +99,38 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
 
 /// `pipemail report …` failed: its sysexits code (the work is in `pipemail::review`).
 fn report_failure(e: pipemail::review::ReviewError) -> Result<Exit, Failure> {
-    let exit = match e.exit_code() {
-        _ if e.is_broken_pipe() => return Ok(Exit::Ok),
-        64 => Exit::Usage,
-        65 => Exit::DataErr,
-        66 => Exit::NoInput,
-        _ => Exit::IoErr,
+    if e.is_broken_pipe() {
+        return Ok(Exit::Ok);
+    }
+    Err(fail(Exit::from_sysexits(e.exit_code().into()), e))
+}
+
+fn bounces(a: cli::BouncesArgs) -> Result<Exit, Failure> {
+    use pipemail::text::printable_str;
+    use pipemail::bounces::{self, Mailbox};
+    let mailbox = match (a.maildir, a.mbox) {
+        (Some(d), _) => Mailbox::Maildir(d),
+        (None, Some(f)) => Mailbox::Mbox(f),
+        (None, None) => {
+            let e = anyhow::anyhow!("give --maildir DIR or --mbox FILE");
+            return Err(Failure::new(Exit::Usage, e));
+        }
     };
-    Err(fail(exit, e))
+    let opts = bounces::Options {
+        report: a.report,
+        mailbox,
+        output: a.output,
+    };
+    let summary = bounces::run(&opts, &mut std::io::stdout().lock())
+        .map_err(|e| Failure::new(Exit::from_sysexits(e.exit_code().into()), e))?;
+    for u in &summary.unmatched {
+        eprintln!(
+            "pipemail: unmatched bounce in {}: {} {}",
+            printable_str(&u.source),
+            printable_str(u.recipient.as_deref().unwrap_or("(no recipient)")),
+            printable_str(u.status.as_deref().unwrap_or("(no status)"))
+        );
+    }
+    eprintln!("pipemail: {}", summary.line());
+    Ok(Exit::Ok)
 }
