@@ -354,10 +354,10 @@ impl Pipeliner {
                     if x.verb.is_none() {
                         continue; // the greeting belongs to no call
                     }
-                    if let Some((id, index)) = x.recipient.filter(|_| x.ok) {
-                        if let Some(addr) = self.envelopes.get(&id).and_then(|to| to.get(index)) {
-                            self.recipients.accepted.push(addr.clone());
-                        }
+                    if let Some((id, index)) = x.recipient.filter(|_| x.ok)
+                        && let Some(addr) = self.envelopes.get(&id).and_then(|to| to.get(index))
+                    {
+                        self.recipients.accepted.push(addr.clone());
                     }
                     if !x.ok {
                         self.errors.push(PipeError {

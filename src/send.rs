@@ -114,10 +114,10 @@ pub(crate) fn summary_line(s: &Summary) -> String {
             s.sanitized_rows
         );
     }
-    if let Some(e) = &s.session_error {
-        if !s.any_session {
-            line += &format!("; no session: {e}");
-        }
+    if let Some(e) = &s.session_error
+        && !s.any_session
+    {
+        line += &format!("; no session: {e}");
     }
     line
 }

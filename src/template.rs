@@ -567,10 +567,10 @@ fn from_field_value(text: &str) -> Option<String> {
         if value.is_some() {
             break;
         }
-        if let Some((name, rest)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("from") {
-                value = Some(rest.to_owned());
-            }
+        if let Some((name, rest)) = line.split_once(':')
+            && name.trim().eq_ignore_ascii_case("from")
+        {
+            value = Some(rest.to_owned());
         }
     }
     value
@@ -1011,10 +1011,11 @@ fn encode_address_list(value: &str) -> Vec<String> {
             }
             None => tokens.push((*item).to_owned()),
         }
-        if n + 1 < items.len() && tokens.len() > before {
-            if let Some(last) = tokens.last_mut() {
-                last.push(',');
-            }
+        if n + 1 < items.len()
+            && tokens.len() > before
+            && let Some(last) = tokens.last_mut()
+        {
+            last.push(',');
         }
     }
     tokens

@@ -70,7 +70,7 @@ fn kind(row: u64) -> Kind {
     match row % 10 {
         3 => Kind::Defer,
         7 => Kind::Reject,
-        _ if row % 25 == 0 => Kind::OtherDomain,
+        _ if row.is_multiple_of(25) => Kind::OtherDomain,
         _ => Kind::Normal,
     }
 }

@@ -63,11 +63,11 @@ struct Plan {
 impl Plan {
     fn generate(seed: u64) -> Self {
         let mut rng = Rng(seed);
-        let bdat = rng.next() % 2 == 0;
+        let bdat = rng.next().is_multiple_of(2);
         let window = [4, 8, 16][(rng.next() % 3) as usize];
         let first = rng.range(1, ROWS - 10);
         let mut kills = vec![first];
-        if rng.next() % 3 == 0 {
+        if rng.next().is_multiple_of(3) {
             // The resumed run copies the earlier `sent` rows first, then sends.
             kills.push(rng.range(first + 1, ROWS - 2));
         }
@@ -279,10 +279,10 @@ fn check(
     // Duplicates per kill: a duplicated row is charged to the first kill it was in flight at.
     let mut per_kill = vec![0u64; flights.len()];
     for (&row, &n) in &copies {
-        if n > 1 {
-            if let Some(i) = flights.iter().position(|f| f.contains(&row)) {
-                per_kill[i] += n - 1;
-            }
+        if n > 1
+            && let Some(i) = flights.iter().position(|f| f.contains(&row))
+        {
+            per_kill[i] += n - 1;
         }
     }
     for (i, &d) in per_kill.iter().enumerate() {

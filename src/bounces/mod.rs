@@ -285,10 +285,10 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// unmatched list to stderr).
 pub fn run(opts: &Options, stdout: &mut dyn Write) -> Result<Summary, BounceError> {
     let output = opts.output.as_deref().filter(|p| p.as_os_str() != "-");
-    if let Some(out) = output {
-        if same_file(out, &opts.report) {
-            return Err(BounceError::SameFile(out.to_owned()));
-        }
+    if let Some(out) = output
+        && same_file(out, &opts.report)
+    {
+        return Err(BounceError::SameFile(out.to_owned()));
     }
     let text = std::fs::read(&opts.report).map_err(|source| BounceError::NoInput {
         path: opts.report.clone(),

@@ -321,10 +321,10 @@ fn from_text(msg: &Message<'_>) -> Option<Bounce> {
 fn returned_message_id(msg: &Message<'_>) -> Option<String> {
     let strip = |s: &str| s.trim().trim_matches(['<', '>']).to_owned();
     for part in msg.parts.iter().skip(1) {
-        if let PartType::Message(inner) = &part.body {
-            if let Some(id) = inner.message_id() {
-                return Some(strip(id));
-            }
+        if let PartType::Message(inner) = &part.body
+            && let Some(id) = inner.message_id()
+        {
+            return Some(strip(id));
         }
         let is_headers = part.content_type().is_some_and(|ct| {
             ct.subtype()

@@ -82,12 +82,12 @@ impl JobFilter {
             r.response = p.clone();
             return Decision::Report(r);
         }
-        if let Some(dups) = &mut self.dups {
-            if let Some(first) = dups.check(&row.email, row.number) {
-                let mut r = row_report(&row, Status::Skipped, None, 0);
-                r.response = format!("duplicate of row {first}");
-                return Decision::Report(r);
-            }
+        if let Some(dups) = &mut self.dups
+            && let Some(first) = dups.check(&row.email, row.number)
+        {
+            let mut r = row_report(&row, Status::Skipped, None, 0);
+            r.response = format!("duplicate of row {first}");
+            return Decision::Report(r);
         }
         if let Some(state) = &self.resume {
             match state.lookup(&row.email) {

@@ -485,10 +485,11 @@ fn poll_io(
             Poll::Pending => break,
         }
     }
-    if wrote > 0 && *wpos == wbuf.len() {
-        if let Poll::Ready(Err(e)) = Pin::new(&mut *stream).poll_flush(cx) {
-            return Poll::Ready(Err(e));
-        }
+    if wrote > 0
+        && *wpos == wbuf.len()
+        && let Poll::Ready(Err(e)) = Pin::new(&mut *stream).poll_flush(cx)
+    {
+        return Poll::Ready(Err(e));
     }
     let mut rb = ReadBuf::new(rbuf);
     match Pin::new(&mut *stream).poll_read(cx, &mut rb) {

@@ -22,11 +22,13 @@ impl Session {
                 break;
             }
             // Lock-step commands from the caller go first, alone or pipelined as allowed.
-            if self.active.is_empty() && self.queue.is_empty() && self.retry.is_empty() {
-                if let Some(cmd) = self.raw.pop_front() {
-                    self.emit_raw(cmd, out);
-                    continue;
-                }
+            if self.active.is_empty()
+                && self.queue.is_empty()
+                && self.retry.is_empty()
+                && let Some(cmd) = self.raw.pop_front()
+            {
+                self.emit_raw(cmd, out);
+                continue;
             }
             // A held body goes with the next envelope, a flush, or QUIT (DATA mode only:
             // BDAT messages are never held, so their window is not scanned here).
@@ -51,40 +53,39 @@ impl Session {
                 }
                 break;
             }
-            if !pipelining {
-                if let Some(i) = self
+            if !pipelining
+                && let Some(i) = self
                     .active
                     .iter()
                     .position(|m| m.state == MsgState::Envelope)
-                {
-                    // Lock-step: the next step of the message in progress.
-                    let m = &self.active[i];
-                    let (seq, next) = (m.seq, m.next_rcpt);
-                    if m.mail.is_none() {
-                        break; // unreachable in practice: MAIL's reply is awaited
-                    }
-                    if next < m.to.len() {
-                        self.active[i].next_rcpt += 1;
-                        let start = out.len();
-                        command::rcpt_to(out, &self.active[i].to[next]);
-                        let what = Awaiting::Msg {
-                            seq,
-                            verb: Verb::Rcpt,
-                            rcpt: next,
-                        };
-                        self.record(what, out, start);
-                    } else {
-                        let start = out.len();
-                        command::data(out);
-                        let what = Awaiting::Msg {
-                            seq,
-                            verb: Verb::Data,
-                            rcpt: 0,
-                        };
-                        self.record(what, out, start);
-                    }
-                    continue;
+            {
+                // Lock-step: the next step of the message in progress.
+                let m = &self.active[i];
+                let (seq, next) = (m.seq, m.next_rcpt);
+                if m.mail.is_none() {
+                    break; // unreachable in practice: MAIL's reply is awaited
                 }
+                if next < m.to.len() {
+                    self.active[i].next_rcpt += 1;
+                    let start = out.len();
+                    command::rcpt_to(out, &self.active[i].to[next]);
+                    let what = Awaiting::Msg {
+                        seq,
+                        verb: Verb::Rcpt,
+                        rcpt: next,
+                    };
+                    self.record(what, out, start);
+                } else {
+                    let start = out.len();
+                    command::data(out);
+                    let what = Awaiting::Msg {
+                        seq,
+                        verb: Verb::Data,
+                        rcpt: 0,
+                    };
+                    self.record(what, out, start);
+                }
+                continue;
             }
             if self.rset_needed {
                 self.rset_needed = false;

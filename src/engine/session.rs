@@ -349,14 +349,15 @@ impl Session {
 
     /// Checks the reply deadline; past it, the session ends with a timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(d) = self.deadline {
-            if now >= d && self.phase != Phase::Closed {
-                let err = match self.in_flight.front().map(|p| p.what) {
-                    Some(Awaiting::Greeting) => SessionError::GreetingTimeout,
-                    what => SessionError::Timeout(what.map_or(Verb::Noop, Awaiting::verb)),
-                };
-                self.close(Some(err));
-            }
+        if let Some(d) = self.deadline
+            && now >= d
+            && self.phase != Phase::Closed
+        {
+            let err = match self.in_flight.front().map(|p| p.what) {
+                Some(Awaiting::Greeting) => SessionError::GreetingTimeout,
+                what => SessionError::Timeout(what.map_or(Verb::Noop, Awaiting::verb)),
+            };
+            self.close(Some(err));
         }
     }
 

@@ -499,10 +499,10 @@ impl<R: Read> ListReader<R> {
             }
         }
         let email = fields[self.email_index].trim().to_owned();
-        if problem.is_none() {
-            if let Err(e) = check_address(&email) {
-                problem = Some(e.to_string());
-            }
+        if problem.is_none()
+            && let Err(e) = check_address(&email)
+        {
+            problem = Some(e.to_string());
         }
         Row {
             number: self.rows,

@@ -23,12 +23,12 @@ impl FaultPlan {
     pub(crate) fn validate(&self) -> Result<(), String> {
         for (i, faults) in self.sessions.iter().enumerate() {
             for fault in faults {
-                if let Fault::ReplyCode { code, .. } = fault {
-                    if !(400..=599).contains(code) {
-                        return Err(format!(
-                            "session {i}: ReplyCode code {code} is not 400..=599"
-                        ));
-                    }
+                if let Fault::ReplyCode { code, .. } = fault
+                    && !(400..=599).contains(code)
+                {
+                    return Err(format!(
+                        "session {i}: ReplyCode code {code} is not 400..=599"
+                    ));
                 }
             }
         }

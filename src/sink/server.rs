@@ -423,11 +423,11 @@ impl Server {
                         LineScan::Line { len, consumed } => {
                             let line = buf[..len].to_vec();
                             self.pos += consumed;
-                            if matches!(self.mode, Mode::Command) {
-                                if let Some(chunk) = self.bdat_start(&line) {
-                                    self.mode = chunk;
-                                    continue;
-                                }
+                            if matches!(self.mode, Mode::Command)
+                                && let Some(chunk) = self.bdat_start(&line)
+                            {
+                                self.mode = chunk;
+                                continue;
                             }
                             return Some(Unit::Line(line));
                         }

@@ -95,10 +95,11 @@ impl FakeSmtp {
 
 impl Drop for FakeSmtp {
     fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            if t.join().is_err() && !std::thread::panicking() {
-                panic!("fake SMTP server failed (script not played out or mismatch)");
-            }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+            && !std::thread::panicking()
+        {
+            panic!("fake SMTP server failed (script not played out or mismatch)");
         }
     }
 }

@@ -134,10 +134,10 @@ fn probe_banner(addr: SocketAddr) -> Result<String, String> {
 
 fn running_as_root() -> bool {
     // Linux: "Uid:\treal\teffective\t...".
-    if let Ok(status) = fs::read_to_string("/proc/self/status") {
-        if let Some(line) = status.lines().find(|l| l.starts_with("Uid:")) {
-            return line.split_whitespace().nth(2) == Some("0");
-        }
+    if let Ok(status) = fs::read_to_string("/proc/self/status")
+        && let Some(line) = status.lines().find(|l| l.starts_with("Uid:"))
+    {
+        return line.split_whitespace().nth(2) == Some("0");
     }
     Command::new("id")
         .arg("-u")
