@@ -6,6 +6,7 @@ pub mod driver;
 pub mod engine;
 pub mod input;
 pub mod latency;
+pub mod message;
 pub mod pipeliner;
 pub mod report;
 pub mod sink;

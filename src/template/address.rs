@@ -172,3 +172,38 @@ pub(crate) fn find_top_level(s: &str, wanted: char) -> Option<usize> {
     });
     found
 }
+
+/// Every addr-spec of an address-list header value (`To`, `Cc`, `Bcc`): mailboxes
+/// (`Name <a@b>`, `a@b`, with comments) and groups (`Team: a@b, c@d;`). Returns the first item
+/// that holds no valid address as the error.
+pub(crate) fn addr_specs(value: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in split_top_level(value, ',') {
+        let mut item = item.trim();
+        // A group: `display-name:` before the first mailbox, `;` after the last one.
+        if let Some(colon) = find_top_level(item, ':') {
+            item = item[colon + 1..].trim_start();
+        }
+        if let Some(semi) = find_top_level(item, ';') {
+            item = item[..semi].trim_end();
+        }
+        if strip_comments(item).trim().is_empty() {
+            continue;
+        }
+        let addr = match find_top_level(item, '<') {
+            Some(lt) => {
+                let rest = &item[lt + 1..];
+                rest.find('>')
+                    .map_or(rest, |gt| &rest[..gt])
+                    .trim()
+                    .to_owned()
+            }
+            None => strip_comments(item).trim().to_owned(),
+        };
+        match check_address(&addr) {
+            Ok(()) => out.push(addr),
+            Err(_) => return Err(item.to_owned()),
+        }
+    }
+    Ok(out)
+}

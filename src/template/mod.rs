@@ -47,6 +47,7 @@ mod address;
 mod header;
 mod jinja;
 mod lines;
+mod render;
 #[cfg(test)]
 mod tests;
 
@@ -54,15 +55,18 @@ use std::collections::{BTreeMap, HashSet};
 
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc2822;
 
 use crate::input::Row;
 
 pub use address::from_address_of;
-use address::{address_in, is_plain_domain, static_from_address};
-use header::{check_header_source, encode_field, needs_sanitizing, split_fields};
+use address::static_from_address;
+use header::{check_header_source, needs_sanitizing};
 use jinja::{find_variable, jinja_error};
-use lines::{check_line_lengths, line_col, normalize_to_lf, push_line, push_normalized};
+use lines::{line_col, normalize_to_lf};
+
+pub(crate) use address::addr_specs;
+pub(crate) use lines::{check_line_lengths, push_normalized};
+pub(crate) use render::{HeaderSection, RenderedField};
 
 /// Longest line allowed in a message, in octets, not counting CRLF (RFC 5322 §2.1.1,
 /// RFC 5321 §4.5.3.1.6).
@@ -71,6 +75,8 @@ pub const MAX_LINE: usize = 998;
 /// Internal template names.
 const HEADERS: &str = "headers";
 const BODY: &str = "body";
+const BODY_ESCAPED: &str = "body.html";
+const HTML: &str = "html.html";
 
 /// Name of the minijinja temp that records that a header value was sanitized.
 const SANITIZED: &str = "pipemail.sanitized";
@@ -212,6 +218,14 @@ pub enum RowError {
         /// Its length in octets, without CRLF.
         length: usize,
     },
+    /// minijinja failed while rendering the HTML template, at the given line of that file.
+    #[error("HTML template line {line}: {message}")]
+    Html {
+        /// Line in the HTML template file (0 if unknown).
+        line: usize,
+        /// What went wrong.
+        message: String,
+    },
     /// The rendered header section is malformed (e.g. a conditional header left a folded
     /// continuation line with no field before it).
     #[error("rendered header line {line}: {message}")]
@@ -259,31 +273,58 @@ pub struct Template {
     header_names: Vec<String>,
     variables: Vec<String>,
     static_from: Option<String>,
+    /// The name of the HTML template added with [`Template::add_html`], if any.
+    html_name: Option<String>,
+}
+
+/// Which of a template's bodies to render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyKind {
+    /// The body, values inserted as they are.
+    Plain,
+    /// The body, values HTML-escaped (for a body that is HTML or becomes HTML: Markdown).
+    Escaped,
+    /// The HTML template (values HTML-escaped unless marked `|safe`).
+    Html,
 }
 
 impl Template {
     /// Parses a template. `name` names it in errors (usually its path); `columns` are the list's
-    /// header names: every variable the template uses must be one of them.
+    /// header names: every variable the template uses must be one of them. A line over
+    /// [`MAX_LINE`] octets is an error ([`TemplateError::LineTooLong`]): the message is sent as
+    /// rendered. [`Template::parse_for_mime`] accepts long lines.
     pub fn parse(source: &[u8], name: &str, columns: &[String]) -> Result<Self, TemplateError> {
-        let text = std::str::from_utf8(source).map_err(|e| {
-            let (line, column) = line_col(
-                &String::from_utf8_lossy(&source[..e.valid_up_to()]),
-                e.valid_up_to(),
-            );
-            TemplateError::NotUtf8 {
-                file: name.to_owned(),
-                line,
-                column,
-            }
-        })?;
+        Self::parse_impl(source, name, columns, true)
+    }
+
+    /// Parses a template whose message will be composed as MIME ([`crate::message`]), where
+    /// bodies with long lines are encoded (quoted-printable) instead of refused: no line length
+    /// limit. Otherwise as [`Template::parse`].
+    pub fn parse_for_mime(
+        source: &[u8],
+        name: &str,
+        columns: &[String],
+    ) -> Result<Self, TemplateError> {
+        Self::parse_impl(source, name, columns, false)
+    }
+
+    fn parse_impl(
+        source: &[u8],
+        name: &str,
+        columns: &[String],
+        limit_lines: bool,
+    ) -> Result<Self, TemplateError> {
+        let text = utf8(source, name)?;
         let text = normalize_to_lf(text);
-        for (i, line) in text.split('\n').enumerate() {
-            if line.len() > MAX_LINE {
-                return Err(TemplateError::LineTooLong {
-                    file: name.to_owned(),
-                    line: i + 1,
-                    length: line.len(),
-                });
+        if limit_lines {
+            for (i, line) in text.split('\n').enumerate() {
+                if line.len() > MAX_LINE {
+                    return Err(TemplateError::LineTooLong {
+                        file: name.to_owned(),
+                        line: i + 1,
+                        length: line.len(),
+                    });
+                }
             }
         }
         // Split at the first blank line.
@@ -316,26 +357,7 @@ impl Template {
                 message,
             })?;
 
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_keep_trailing_newline(true);
-        env.set_formatter(|out, state, value| {
-            if state.name() != HEADERS || value.is_undefined() || value.is_none() {
-                return minijinja::escape_formatter(out, state, value);
-            }
-            let text = value.to_string();
-            let result = if text.chars().any(needs_sanitizing) {
-                state.set_temp(SANITIZED, Value::from(true));
-                let clean: String = text
-                    .chars()
-                    .map(|c| if needs_sanitizing(c) { ' ' } else { c })
-                    .collect();
-                out.write_str(&clean)
-            } else {
-                out.write_str(&text)
-            };
-            result.map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "write failed"))
-        });
+        let mut env = new_environment();
         let syntax = |e: minijinja::Error, src: &str, line_offset: usize| {
             jinja_error(e, src, line_offset, name)
         };
@@ -343,35 +365,14 @@ impl Template {
             .map_err(|e| syntax(e, header_src, 0))?;
         env.add_template_owned(BODY, body_src.to_owned())
             .map_err(|e| syntax(e, body_src, body_offset))?;
+        // The same body with HTML-escaped values, for bodies that are or become HTML.
+        env.add_template_owned(BODY_ESCAPED, body_src.to_owned())
+            .map_err(|e| syntax(e, body_src, body_offset))?;
 
         // Every variable used must be a column (or a global function).
-        let globals: HashSet<String> = env.globals().map(|(n, _)| n.to_owned()).collect();
         let mut variables = Vec::new();
         for (tname, src, line_offset) in [(HEADERS, header_src, 0), (BODY, body_src, body_offset)] {
-            let tmpl = env
-                .get_template(tname)
-                .expect("template was added just above");
-            let mut unknown: Vec<(usize, usize, String)> = Vec::new();
-            for var in tmpl.undeclared_variables(false) {
-                if columns.contains(&var) {
-                    if !variables.contains(&var) {
-                        variables.push(var);
-                    }
-                } else if !globals.contains(&var) {
-                    let (line, column) = find_variable(src, &var);
-                    unknown.push((line + line_offset, column, var));
-                }
-            }
-            unknown.sort();
-            if let Some((line, column, var)) = unknown.into_iter().next() {
-                return Err(TemplateError::UnknownVariable {
-                    file: name.to_owned(),
-                    line,
-                    column,
-                    name: var,
-                    columns: columns.to_vec(),
-                });
-            }
+            check_variables(&env, tname, src, line_offset, name, columns, &mut variables)?;
         }
         variables.sort();
 
@@ -383,7 +384,34 @@ impl Template {
             header_names,
             variables,
             static_from,
+            html_name: None,
         })
+    }
+
+    /// Adds an HTML body template (`--html FILE`): the same placeholders and columns, values
+    /// HTML-escaped (`{{ x | safe }}` inserts raw HTML). `name` names it in errors. Used by
+    /// [`crate::message::Composer`] to build `multipart/alternative`.
+    pub fn add_html(
+        &mut self,
+        source: &[u8],
+        name: &str,
+        columns: &[String],
+    ) -> Result<(), TemplateError> {
+        let text = normalize_to_lf(utf8(source, name)?);
+        self.env
+            .add_template_owned(HTML, text.clone())
+            .map_err(|e| jinja_error(e, &text, 0, name))?;
+        let mut variables = std::mem::take(&mut self.variables);
+        check_variables(&self.env, HTML, &text, 0, name, columns, &mut variables)?;
+        variables.sort();
+        self.variables = variables;
+        self.html_name = Some(name.to_owned());
+        Ok(())
+    }
+
+    /// True if an HTML body template was added with [`Template::add_html`].
+    pub fn has_html(&self) -> bool {
+        self.html_name.is_some()
     }
 
     /// The template's name, as given to [`Template::parse`].
@@ -416,6 +444,30 @@ impl Template {
         headers: &[String],
         opts: &RenderOptions,
     ) -> Result<Rendered, RowError> {
+        let ctx = self.context(row, headers);
+        let section = self.render_headers(&ctx, row.number, opts)?;
+        let mut data = Vec::with_capacity(section.len_hint() + 512);
+        for field in &section.fields {
+            field.write(&mut data, opts.smtputf8, false);
+        }
+        data.extend_from_slice(b"\r\n");
+        let body = self.render_body(&ctx, BodyKind::Plain)?;
+        push_normalized(&mut data, &body);
+
+        check_line_lengths(&data)?;
+        Ok(Rendered {
+            data,
+            message_id: section.message_id,
+            sanitized: section.sanitized,
+        })
+    }
+
+    /// The minijinja context of one row: every variable the template uses, by column.
+    pub(crate) fn context<'a>(
+        &'a self,
+        row: &'a Row,
+        headers: &'a [String],
+    ) -> BTreeMap<&'a str, &'a str> {
         let mut ctx: BTreeMap<&str, &str> = BTreeMap::new();
         for var in &self.variables {
             let value = headers
@@ -432,102 +484,146 @@ impl Template {
                 });
             ctx.insert(var.as_str(), value);
         }
-
-        let headers_tmpl = self
-            .env
-            .get_template(HEADERS)
-            .expect("template added at parse time");
-        let captured = headers_tmpl
-            .render_captured(&ctx)
-            .map_err(|e| self.row_error(&e, 0))?;
-        let sanitized = captured.state().get_temp(SANITIZED).is_some();
-        let header_text = captured.into_output();
-        let fields = split_fields(&header_text)?;
-
-        let mut data = Vec::with_capacity(header_text.len() + 512);
-        let mut has_date = false;
-        let mut message_id = None;
-        let mut from_value = None;
-        for field in &fields {
-            if field.name.eq_ignore_ascii_case("date") {
-                has_date = true;
-            } else if field.name.eq_ignore_ascii_case("message-id") && message_id.is_none() {
-                let v = field.unfolded_value();
-                let v = v.trim();
-                let v = v.strip_prefix('<').unwrap_or(v);
-                let v = v.strip_suffix('>').unwrap_or(v);
-                message_id = Some(v.trim().to_owned());
-            } else if field.name.eq_ignore_ascii_case("from") && from_value.is_none() {
-                from_value = Some(field.unfolded_value());
-            }
-            let ascii = field.lines.iter().all(|l| l.is_ascii());
-            if opts.smtputf8 || ascii {
-                for line in &field.lines {
-                    push_line(&mut data, line);
-                }
-            } else {
-                for line in encode_field(field) {
-                    push_line(&mut data, &line);
-                }
-            }
-        }
-        if !has_date {
-            let date = opts.now.format(&Rfc2822).map_err(|e| RowError::Render {
-                line: 0,
-                message: format!("cannot format the Date header: {e}"),
-            })?;
-            push_line(&mut data, &format!("Date: {date}"));
-        }
-        let message_id = match message_id {
-            Some(id) => id,
-            None => {
-                let domain = opts
-                    .message_id_domain
-                    .clone()
-                    .or_else(|| {
-                        from_value
-                            .as_deref()
-                            .and_then(address_in)
-                            .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
-                            .filter(|d| is_plain_domain(d))
-                    })
-                    .unwrap_or_else(|| FALLBACK_MESSAGE_ID_DOMAIN.to_owned());
-                let id = format!(
-                    "{}.{}.{}@{domain}",
-                    opts.now.unix_timestamp_nanos(),
-                    row.number,
-                    std::process::id()
-                );
-                push_line(&mut data, &format!("Message-ID: <{id}>"));
-                id
-            }
-        };
-        data.extend_from_slice(b"\r\n");
-
-        let body = self
-            .env
-            .get_template(BODY)
-            .expect("template added at parse time")
-            .render(&ctx)
-            .map_err(|e| self.row_error(&e, self.body_offset))?;
-        push_normalized(&mut data, &body);
-
-        check_line_lengths(&data)?;
-        Ok(Rendered {
-            data,
-            message_id,
-            sanitized,
-        })
+        ctx
     }
 
-    fn row_error(&self, e: &minijinja::Error, line_offset: usize) -> RowError {
-        RowError::Render {
-            line: e.line().map_or(0, |l| l + line_offset),
-            message: match e.detail() {
-                Some(d) => format!("{}: {d}", e.kind()),
-                None => e.kind().to_string(),
+    /// Renders the header section of one row: the template's fields (values sanitized, not yet
+    /// RFC 2047-encoded), then `Date` and `Message-ID` when missing.
+    pub(crate) fn render_headers(
+        &self,
+        ctx: &BTreeMap<&str, &str>,
+        row_number: u64,
+        opts: &RenderOptions,
+    ) -> Result<HeaderSection, RowError> {
+        let captured = self
+            .env
+            .get_template(HEADERS)
+            .expect("template added at parse time")
+            .render_captured(ctx)
+            .map_err(|e| row_error(&e, 0))?;
+        let sanitized = captured.state().get_temp(SANITIZED).is_some();
+        let header_text = captured.into_output();
+        HeaderSection::build(&header_text, sanitized, row_number, opts)
+    }
+
+    /// Renders one of the bodies of one row (LF or CRLF line ends, as the template and values
+    /// have them). [`BodyKind::Html`] without an HTML template renders an empty string.
+    pub(crate) fn render_body(
+        &self,
+        ctx: &BTreeMap<&str, &str>,
+        kind: BodyKind,
+    ) -> Result<String, RowError> {
+        let (tname, offset) = match kind {
+            BodyKind::Plain => (BODY, self.body_offset),
+            BodyKind::Escaped => (BODY_ESCAPED, self.body_offset),
+            BodyKind::Html if self.html_name.is_none() => return Ok(String::new()),
+            BodyKind::Html => (HTML, 0),
+        };
+        let tmpl = self
+            .env
+            .get_template(tname)
+            .expect("template added at parse time");
+        tmpl.render(ctx).map_err(|e| match kind {
+            BodyKind::Html => match row_error(&e, 0) {
+                RowError::Render { line, message } => RowError::Html { line, message },
+                other => other,
             },
+            _ => row_error(&e, offset),
+        })
+    }
+}
+
+fn row_error(e: &minijinja::Error, line_offset: usize) -> RowError {
+    RowError::Render {
+        line: e.line().map_or(0, |l| l + line_offset),
+        message: match e.detail() {
+            Some(d) => format!("{}: {d}", e.kind()),
+            None => e.kind().to_string(),
+        },
+    }
+}
+
+/// The template text as UTF-8, or [`TemplateError::NotUtf8`] at the first invalid byte.
+fn utf8<'a>(source: &'a [u8], name: &str) -> Result<&'a str, TemplateError> {
+    std::str::from_utf8(source).map_err(|e| {
+        let (line, column) = line_col(
+            &String::from_utf8_lossy(&source[..e.valid_up_to()]),
+            e.valid_up_to(),
+        );
+        TemplateError::NotUtf8 {
+            file: name.to_owned(),
+            line,
+            column,
         }
+    })
+}
+
+/// The minijinja environment: strict undefined values, Jinja's filters (minijinja's builtins
+/// with `urlencode` and `tojson`, and minijinja-contrib's `truncate`, `wordwrap`, `wordcount`,
+/// `striptags`, `pluralize`, `filesizeformat`, Python string methods), and the formatter that
+/// sanitizes header values.
+fn new_environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_formatter(|out, state, value| {
+        if state.name() != HEADERS || value.is_undefined() || value.is_none() {
+            return minijinja::escape_formatter(out, state, value);
+        }
+        let text = value.to_string();
+        let result = if text.chars().any(needs_sanitizing) {
+            state.set_temp(SANITIZED, Value::from(true));
+            let clean: String = text
+                .chars()
+                .map(|c| if needs_sanitizing(c) { ' ' } else { c })
+                .collect();
+            out.write_str(&clean)
+        } else {
+            out.write_str(&text)
+        };
+        result.map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "write failed"))
+    });
+    env
+}
+
+/// Checks that every variable template `tname` uses is a column or a global; adds the columns
+/// it uses to `variables`.
+fn check_variables(
+    env: &Environment<'_>,
+    tname: &str,
+    src: &str,
+    line_offset: usize,
+    file: &str,
+    columns: &[String],
+    variables: &mut Vec<String>,
+) -> Result<(), TemplateError> {
+    let globals: HashSet<&str> = env.globals().map(|(n, _)| n).collect();
+    let tmpl = env
+        .get_template(tname)
+        .expect("template was added just before");
+    let mut unknown: Vec<(usize, usize, String)> = Vec::new();
+    for var in tmpl.undeclared_variables(false) {
+        if columns.contains(&var) {
+            if !variables.contains(&var) {
+                variables.push(var);
+            }
+        } else if !globals.contains(var.as_str()) {
+            let (line, column) = find_variable(src, &var);
+            unknown.push((line + line_offset, column, var));
+        }
+    }
+    unknown.sort();
+    match unknown.into_iter().next() {
+        Some((line, column, var)) => Err(TemplateError::UnknownVariable {
+            file: file.to_owned(),
+            line,
+            column,
+            name: var,
+            columns: columns.to_vec(),
+        }),
+        None => Ok(()),
     }
 }
 

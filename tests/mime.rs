@@ -1,0 +1,687 @@
+//! Composed MIME messages, parsed back by an independent parser: Python's `email` package
+//! with `policy.default` (`tests/support/mime_parse.py`), compared part by part.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use pipemail::input::Row;
+use pipemail::message::{
+    AttachProblem, ComposeError, ComposeOptions, Composed, Composer, ComposerOptions, write_eml,
+};
+use pipemail::template::{RenderOptions, Template};
+use serde_json::Value;
+use time::macros::datetime;
+
+fn cols(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn row(number: u64, fields: &[&str]) -> Row {
+    Row {
+        number,
+        line: number + 1,
+        email: fields[0].trim().to_owned(),
+        fields: fields.iter().map(|s| (*s).to_owned()).collect(),
+        problem: None,
+    }
+}
+
+fn opts(eight_bit_mime: bool) -> ComposeOptions {
+    ComposeOptions {
+        render: RenderOptions {
+            smtputf8: false,
+            now: datetime!(2026-11-25 20:14:18 UTC),
+            message_id_domain: None,
+        },
+        eight_bit_mime,
+    }
+}
+
+/// A composer for `template` (+ `html`), attachments under `dir`.
+fn composer(
+    template: &str,
+    html: Option<&str>,
+    columns: &[String],
+    dir: &Path,
+    attach: &[&str],
+) -> Composer {
+    let mut t = Template::parse_for_mime(template.as_bytes(), "t.eml", columns).expect("parse");
+    if let Some(h) = html {
+        t.add_html(h.as_bytes(), "t.html", columns).expect("html");
+    }
+    Composer::new(
+        t,
+        &ComposerOptions {
+            attach: attach.iter().map(|a| dir.join(a)).collect(),
+            attach_dir: dir.to_owned(),
+        },
+    )
+    .expect("composer")
+}
+
+/// Wire rules every composed message keeps: CRLF only, no line over 998 octets, ends in CRLF;
+/// ASCII only unless 8-bit was allowed.
+fn check_wire(m: &Composed, eight_bit_allowed: bool) {
+    let d = &m.data;
+    for (i, &b) in d.iter().enumerate() {
+        if b == b'\n' {
+            assert!(i > 0 && d[i - 1] == b'\r', "bare LF at {i}");
+        }
+        if b == b'\r' {
+            assert_eq!(d.get(i + 1), Some(&b'\n'), "bare CR at {i}");
+        }
+    }
+    assert!(d.ends_with(b"\r\n"));
+    for line in d.split(|&b| b == b'\n') {
+        assert!(line.len() <= 999, "line of {} octets", line.len() - 1);
+    }
+    assert_eq!(m.eight_bit, !d.is_ascii());
+    if !eight_bit_allowed {
+        assert!(d.is_ascii(), "8-bit octets without 8BITMIME");
+    }
+}
+
+/// Parses with Python's email package.
+fn parse(data: &[u8]) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mime_parse.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(data)
+        .expect("write");
+    let out = child.wait_with_output().expect("python3 finishes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn header<'a>(v: &'a Value, name: &str) -> Vec<&'a str> {
+    v["headers"]
+        .as_array()
+        .expect("headers")
+        .iter()
+        .filter(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .map(|h| h[1].as_str().expect("value"))
+        .collect()
+}
+
+fn payload(part: &Value) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(part["payload_b64"].as_str().expect("payload"))
+        .expect("base64")
+}
+
+fn types(part: &Value) -> Vec<&str> {
+    part["parts"]
+        .as_array()
+        .expect("multipart")
+        .iter()
+        .map(|p| p["content_type"].as_str().expect("type"))
+        .collect()
+}
+
+fn no_defects(v: &Value) {
+    fn walk(p: &Value) {
+        assert_eq!(p["defects"], Value::Array(vec![]), "{p}");
+        if let Some(parts) = p["parts"].as_array() {
+            parts.iter().for_each(walk);
+        }
+    }
+    assert_eq!(v["defects"], Value::Array(vec![]));
+    walk(&v["root"]);
+}
+
+const TEXT: &str = "From: Team <team@example.org>\nTo: {{ name }} <{{ email }}>\nSubject: Hello {{ name }}\n\nDear {{ name }},\n{{ note }}\n";
+
+fn text_of(part: &Value) -> String {
+    part["text"].as_str().expect("text").replace("\r\n", "\n")
+}
+
+fn data_text(m: &Composed) -> String {
+    String::from_utf8_lossy(&m.data).into_owned()
+}
+
+/// Bytes 0..=255 repeated: binary, with CR, LF, NUL and 8-bit octets.
+fn binary(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+#[test]
+fn text_only_is_one_7bit_text_part() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email", "name", "note"]);
+    let comp = composer(TEXT, None, &c, dir.path(), &[]);
+    let m = comp
+        .compose(
+            &row(1, &["a@example.com", "Ann", "line1\nline2"]),
+            &c,
+            &opts(false),
+        )
+        .expect("compose");
+    check_wire(&m, false);
+    assert!(m.extra_recipients.is_empty());
+    let v = parse(&m.data);
+    no_defects(&v);
+    assert_eq!(header(&v, "Subject"), ["Hello Ann"]);
+    assert_eq!(header(&v, "To"), ["Ann <a@example.com>"]);
+    assert_eq!(header(&v, "MIME-Version"), ["1.0"]);
+    assert_eq!(
+        header(&v, "Message-ID"),
+        [format!("<{}>", m.message_id).as_str()]
+    );
+    let root = &v["root"];
+    assert_eq!(root["content_type"], "text/plain");
+    assert_eq!(root["charset"], "utf-8");
+    assert_eq!(root["cte"], "7bit");
+    assert_eq!(text_of(root), "Dear Ann,\nline1\nline2\n");
+}
+
+#[test]
+fn html_template_makes_multipart_alternative_with_escaped_values() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email", "name", "note"]);
+    let html = "<html><body><h1>Hi {{ name }}</h1><p>{{ note }}</p><p>{{ note | safe }}</p></body></html>\n";
+    let comp = composer(TEXT, Some(html), &c, dir.path(), &[]);
+    let m = comp
+        .compose(
+            &row(1, &["a@example.com", "Ann & Bob", "<b>bold</b>"]),
+            &c,
+            &opts(false),
+        )
+        .expect("compose");
+    check_wire(&m, false);
+    let v = parse(&m.data);
+    no_defects(&v);
+    let root = &v["root"];
+    assert_eq!(root["content_type"], "multipart/alternative");
+    assert_eq!(
+        types(root),
+        ["text/plain", "text/html"],
+        "text first, HTML last"
+    );
+    assert_eq!(text_of(&root["parts"][0]), "Dear Ann & Bob,\n<b>bold</b>\n");
+    let h = text_of(&root["parts"][1]);
+    assert!(h.contains("<h1>Hi Ann &amp; Bob</h1>"), "{h}");
+    assert!(h.contains("<p>&lt;b&gt;bold&lt;&#x2f;b&gt;</p>"), "{h}");
+    assert!(
+        h.contains("<p><b>bold</b></p>"),
+        "|safe inserts raw HTML: {h}"
+    );
+}
+
+#[test]
+fn html_without_text_body_derives_the_text() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email", "name"]);
+    let html =
+        "<h1>Welcome {{ name }}</h1><p>Read the <a href=\"https://example.org/x\">news</a>.</p>";
+    let comp = composer(
+        "From: t@example.org\nSubject: s\n\n",
+        Some(html),
+        &c,
+        dir.path(),
+        &[],
+    );
+    let m = comp
+        .compose(&row(1, &["a@example.com", "Ann"]), &c, &opts(false))
+        .expect("compose");
+    let v = parse(&m.data);
+    no_defects(&v);
+    let root = &v["root"];
+    assert_eq!(types(root), ["text/plain", "text/html"]);
+    let t = text_of(&root["parts"][0]);
+    assert!(t.contains("Welcome Ann") && t.contains("news"), "{t}");
+    assert!(!t.contains('<'), "{t}");
+}
+
+#[test]
+fn markdown_becomes_text_and_html_never_text_markdown() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email", "name"]);
+    let md = "From: t@example.org\nSubject: s\nContent-Type: text/markdown; charset=utf-8\n\n# Hello {{ name }}\n\nThis is **bold** and a [link](https://example.org/).\n\n- one\n- two\n";
+    let comp = composer(md, None, &c, dir.path(), &[]);
+    let m = comp
+        .compose(
+            &row(1, &["a@example.com", "<script>x</script>"]),
+            &c,
+            &opts(false),
+        )
+        .expect("compose");
+    check_wire(&m, false);
+    assert!(!data_text(&m).to_ascii_lowercase().contains("text/markdown"));
+    let v = parse(&m.data);
+    no_defects(&v);
+    let root = &v["root"];
+    assert_eq!(types(root), ["text/plain", "text/html"]);
+    assert_eq!(
+        text_of(&root["parts"][0]),
+        "# Hello <script>x</script>\n\nThis is **bold** and a [link](https://example.org/).\n\n- one\n- two\n"
+    );
+    let h = text_of(&root["parts"][1]);
+    assert!(
+        h.contains("<h1>Hello &lt;script&gt;x&lt;/script&gt;</h1>"),
+        "{h}"
+    );
+    assert!(
+        h.contains("<strong>bold</strong>") && h.contains("<li>two</li>"),
+        "{h}"
+    );
+    assert!(!h.contains("<script>"), "{h}");
+}
+
+#[test]
+fn shared_and_per_row_attachments_decode_byte_equal() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let shared = binary(100 * 1024);
+    std::fs::write(dir.path().join("report.pdf"), &shared).expect("write");
+    std::fs::create_dir(dir.path().join("rows")).expect("mkdir");
+    let mine = binary(20 * 1024 + 3).into_iter().rev().collect::<Vec<u8>>();
+    std::fs::write(dir.path().join("rows/Größe 1.csv"), &mine).expect("write");
+    let c = cols(&["email", "file"]);
+    let t = "From: t@example.org\nSubject: s\nAttach: rows/{{ file }}\n\nSee attached.\n";
+    let comp = composer(t, None, &c, dir.path(), &["report.pdf"]);
+    let m = comp
+        .compose(&row(1, &["a@example.com", "Größe 1.csv"]), &c, &opts(false))
+        .expect("compose");
+    check_wire(&m, false);
+    assert!(
+        !data_text(&m).contains("Attach:"),
+        "the Attach field is removed"
+    );
+    let v = parse(&m.data);
+    no_defects(&v);
+    let root = &v["root"];
+    assert_eq!(root["content_type"], "multipart/mixed");
+    assert_eq!(types(root), ["text/plain", "application/pdf", "text/csv"]);
+    let parts = root["parts"].as_array().expect("parts");
+    assert_eq!(text_of(&parts[0]), "See attached.\n");
+    assert_eq!(parts[1]["disposition"], "attachment");
+    assert_eq!(parts[1]["filename"], "report.pdf");
+    assert_eq!(parts[1]["cte"], "base64");
+    assert_eq!(payload(&parts[1]), shared);
+    assert_eq!(parts[2]["filename"], "Größe 1.csv", "RFC 2231 file name");
+    assert_eq!(parts[2]["cte"], "base64");
+    assert_eq!(payload(&parts[2]), mine);
+    assert!(data_text(&m).contains("filename*"), "RFC 2231 form");
+    // The shared attachment's encoded bytes are the same in every message.
+    let m2 = comp
+        .compose(&row(2, &["b@example.com", "Größe 1.csv"]), &c, &opts(false))
+        .expect("compose");
+    assert_eq!(payload(&parse(&m2.data)["root"]["parts"][1]), shared);
+}
+
+#[test]
+fn cid_references_make_multipart_related() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let png = binary(3000);
+    std::fs::write(dir.path().join("logo.png"), &png).expect("write");
+    std::fs::write(dir.path().join("terms.txt"), "terms\n").expect("write");
+    let c = cols(&["email", "name"]);
+    let html = "<p>Hi {{ name }}</p><img src=\"cid:logo.png\" alt=\"logo\">";
+    let comp = composer(
+        TEXT.replace("{{ note }}", "").as_str(),
+        Some(html),
+        &c,
+        dir.path(),
+        &["logo.png", "terms.txt"],
+    );
+    let m = comp
+        .compose(&row(1, &["a@example.com", "Ann"]), &c, &opts(false))
+        .expect("compose");
+    check_wire(&m, false);
+    let v = parse(&m.data);
+    no_defects(&v);
+    let root = &v["root"];
+    assert_eq!(types(root), ["multipart/related", "text/plain"]);
+    let related = &root["parts"][0];
+    assert_eq!(types(related), ["multipart/alternative", "image/png"]);
+    assert_eq!(types(&related["parts"][0]), ["text/plain", "text/html"]);
+    let img = &related["parts"][1];
+    assert_eq!(img["content_id"], "<logo.png>");
+    assert_eq!(img["disposition"], "inline");
+    assert_eq!(payload(img), png);
+    assert_eq!(root["parts"][1]["filename"], "terms.txt");
+    assert_eq!(payload(&root["parts"][1]), b"terms\n");
+}
+
+#[test]
+fn attach_paths_that_escape_fail_only_their_row() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let outside = tempfile::tempdir().expect("tmp");
+    std::fs::write(outside.path().join("secret.txt"), "secret").expect("write");
+    let base = dir.path().join("attach");
+    std::fs::create_dir(&base).expect("mkdir");
+    std::fs::write(base.join("ok.txt"), "fine").expect("write");
+    std::fs::create_dir(base.join("sub")).expect("mkdir");
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), base.join("link.txt"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(outside.path(), base.join("sub/out")).expect("symlink");
+    std::os::unix::fs::symlink(base.join("ok.txt"), base.join("inside.txt")).expect("symlink");
+    let c = cols(&["email", "file"]);
+    let mut t = Template::parse_for_mime(
+        b"From: t@example.org\nSubject: s\nAttach: {{ file }}\n\nx\n",
+        "t.eml",
+        &c,
+    )
+    .expect("parse");
+    t.add_html(b"<p>x</p>", "t.html", &c).expect("html");
+    let comp = Composer::new(
+        t,
+        &ComposerOptions {
+            attach: vec![],
+            attach_dir: base.clone(),
+        },
+    )
+    .expect("composer");
+    let secret = outside.path().join("secret.txt");
+    let cases: Vec<(String, AttachProblem)> = vec![
+        ("../attach/ok.txt".into(), AttachProblem::Escapes),
+        ("sub/../ok.txt".into(), AttachProblem::Escapes),
+        (secret.display().to_string(), AttachProblem::Escapes),
+        ("link.txt".into(), AttachProblem::Escapes),
+        ("sub/out/secret.txt".into(), AttachProblem::Escapes),
+        ("missing.txt".into(), AttachProblem::Missing),
+        ("sub".into(), AttachProblem::NotAFile),
+        ("  ".into(), AttachProblem::Empty),
+    ];
+    for (i, (path, problem)) in cases.iter().enumerate() {
+        let err = comp
+            .compose(
+                &row(i as u64 + 1, &["a@example.com", path]),
+                &c,
+                &opts(false),
+            )
+            .expect_err(path);
+        assert_eq!(
+            err,
+            ComposeError::Attach {
+                path: path.trim().to_owned(),
+                problem: problem.clone()
+            },
+            "{path}"
+        );
+        // The next rows render fine.
+        for good in ["ok.txt", "./ok.txt", "inside.txt"] {
+            let m = comp
+                .compose(&row(99, &["b@example.com", good]), &c, &opts(false))
+                .expect(good);
+            assert!(
+                data_text(&m).contains("ZmluZQ=="),
+                "{good}: base64 of \"fine\""
+            );
+        }
+    }
+    let m = comp
+        .compose(&row(99, &["b@example.com", "inside.txt"]), &c, &opts(false))
+        .expect("inside");
+    assert_eq!(payload(&parse(&m.data)["root"]["parts"][1]), b"fine");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let locked = base.join("locked.txt");
+        std::fs::write(&locked, "x").expect("write");
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+        // Root reads it anyway; anyone else gets a per-row error.
+        match comp.compose(&row(5, &["a@example.com", "locked.txt"]), &c, &opts(false)) {
+            Ok(_) => {}
+            Err(e) => assert!(
+                matches!(
+                    &e,
+                    ComposeError::Attach {
+                        problem: AttachProblem::Unreadable(_),
+                        ..
+                    }
+                ),
+                "{e:?}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn long_lines_are_encoded_never_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email", "note", "subject"]);
+    let long_template_line = "t".repeat(1500);
+    let src = format!(
+        "From: t@example.org\nSubject: {{{{ subject }}}}\n\n{long_template_line}\n{{{{ note }}}}\nend\n"
+    );
+    assert!(
+        Template::parse(src.as_bytes(), "t.eml", &c).is_err(),
+        "the raw API refuses"
+    );
+    let comp = composer(&src, None, &c, dir.path(), &[]);
+    let note = "word ".repeat(1000);
+    let subject = "s".repeat(2000);
+    for eight in [false, true] {
+        let m = comp
+            .compose(
+                &row(1, &["a@example.com", &note, &subject]),
+                &c,
+                &opts(eight),
+            )
+            .expect("compose");
+        check_wire(&m, eight);
+        let v = parse(&m.data);
+        no_defects(&v);
+        assert_eq!(v["root"]["cte"], "quoted-printable");
+        assert_eq!(
+            text_of(&v["root"]),
+            format!("{long_template_line}\n{note}\nend\n")
+        );
+        assert_eq!(header(&v, "Subject"), [subject.as_str()]);
+    }
+}
+
+#[test]
+fn eight_bit_text_with_and_without_8bitmime() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email", "name", "note"]);
+    let comp = composer(TEXT, Some("<p>{{ note }}</p>"), &c, dir.path(), &[]);
+    let r = row(
+        1,
+        &[
+            "a@example.com",
+            "Jürgen",
+            "Greetings from Köln, see you at the meeting — the team 😀",
+        ],
+    );
+    let without = comp.compose(&r, &c, &opts(false)).expect("compose");
+    check_wire(&without, false);
+    assert!(!without.eight_bit);
+    let with = comp.compose(&r, &c, &opts(true)).expect("compose");
+    check_wire(&with, true);
+    assert!(with.eight_bit);
+    for (m, cte) in [(&without, "quoted-printable"), (&with, "8bit")] {
+        let v = parse(&m.data);
+        no_defects(&v);
+        assert_eq!(header(&v, "Subject"), ["Hello Jürgen"]);
+        let parts = &v["root"]["parts"];
+        assert_eq!(parts[0]["cte"], cte);
+        assert_eq!(
+            text_of(&parts[0]),
+            "Dear Jürgen,\nGreetings from Köln, see you at the meeting — the team 😀\n"
+        );
+        assert_eq!(
+            text_of(&parts[1]),
+            "<p>Greetings from Köln, see you at the meeting — the team 😀</p>\n"
+        );
+    }
+    // Mostly non-ASCII text goes base64 without 8BITMIME.
+    let r = row(2, &["a@example.com", "x", &"ü".repeat(200)]);
+    let m = comp.compose(&r, &c, &opts(false)).expect("compose");
+    check_wire(&m, false);
+    let v = parse(&m.data);
+    assert_eq!(v["root"]["parts"][0]["cte"], "base64");
+    assert!(text_of(&v["root"]["parts"][0]).contains(&"ü".repeat(200)));
+}
+
+#[test]
+fn cc_and_bcc_join_the_envelope_and_bcc_is_never_sent() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email", "cc", "bcc"]);
+    let t = "From: t@example.org\nTo: {{ email }}\n{% if cc %}\nCc: {{ cc }}\n{% endif %}\nBcc: archive@example.org{% if bcc %}, {{ bcc }}{% endif %}\nSubject: s\n\nx\n";
+    let comp = composer(t, None, &c, dir.path(), &[]);
+    let m = comp
+        .compose(
+            &row(
+                1,
+                &[
+                    "a@example.com",
+                    "\"Boss, The\" <boss@example.com>, A@example.com",
+                    "audit@example.net",
+                ],
+            ),
+            &c,
+            &opts(false),
+        )
+        .expect("compose");
+    assert_eq!(
+        m.extra_recipients,
+        [
+            "boss@example.com",
+            "archive@example.org",
+            "audit@example.net"
+        ]
+    );
+    let text = data_text(&m).to_ascii_lowercase();
+    assert!(!text.contains("bcc"), "{text}");
+    assert!(
+        !text.contains("archive@") && !text.contains("audit@"),
+        "{text}"
+    );
+    let v = parse(&m.data);
+    assert_eq!(
+        header(&v, "Cc"),
+        ["\"Boss, The\" <boss@example.com>, A@example.com"]
+    );
+    assert!(header(&v, "Bcc").is_empty());
+    // No Cc: no empty Cc field; only the Bcc archive.
+    let m = comp
+        .compose(&row(2, &["b@example.com", "", ""]), &c, &opts(false))
+        .expect("compose");
+    assert_eq!(m.extra_recipients, ["archive@example.org"]);
+    assert!(!data_text(&m).contains("Cc:"));
+    // An invalid address fails the row, at input.
+    let err = comp
+        .compose(
+            &row(3, &["c@example.com", "not an address", ""]),
+            &c,
+            &opts(false),
+        )
+        .expect_err("invalid");
+    assert_eq!(
+        err,
+        ComposeError::Address {
+            field: "Cc".into(),
+            value: "not an address".into()
+        }
+    );
+    let err = comp
+        .compose(&row(4, &["c@example.com", "", "x@y@z"]), &c, &opts(false))
+        .expect_err("invalid");
+    assert!(
+        matches!(err, ComposeError::Address { ref field, .. } if field == "Bcc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn jinja_filters_users_expect() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email", "name"]);
+    let t = "From: t@example.org\nSubject: {{ name | truncate(length=8) }}\n\nhttps://example.org/u?e={{ email | urlencode }}\n{{ name | tojson }} {{ name.upper() }} {{ name | wordcount }}\n";
+    let comp = composer(t, None, &c, dir.path(), &[]);
+    let m = comp
+        .compose(
+            &row(1, &["a+b@example.com", "Ann Marie Smith"]),
+            &c,
+            &opts(false),
+        )
+        .expect("compose");
+    let v = parse(&m.data);
+    assert_eq!(header(&v, "Subject"), ["Ann..."]);
+    assert_eq!(
+        text_of(&v["root"]),
+        "https://example.org/u?e=a%2Bb%40example.com\n\"Ann Marie Smith\" ANN MARIE SMITH 3\n"
+    );
+    // The raw API has them too.
+    let t = Template::parse(b"Subject: x\n\n{{ email|urlencode }}", "t", &c).expect("parse");
+    let r = t
+        .render(&row(1, &["a b@example.com", ""]), &c, &opts(false).render)
+        .expect("render");
+    assert!(String::from_utf8_lossy(&r.data).ends_with("a%20b%40example.com\r\n"));
+}
+
+#[test]
+fn a_hand_written_content_type_is_sent_as_written() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email"]);
+    let t = "From: t@example.org\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\nContent-Type: text/plain\n\nhi\n--b1--\n";
+    let comp = composer(t, None, &c, dir.path(), &[]);
+    let m = comp
+        .compose(&row(1, &["a@example.com"]), &c, &opts(false))
+        .expect("compose");
+    assert!(
+        data_text(&m).ends_with("\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b1--\r\n")
+    );
+    assert_eq!(data_text(&m).matches("MIME-Version").count(), 1);
+    std::fs::write(dir.path().join("f.txt"), "x").expect("write");
+    let comp = composer(t, None, &c, dir.path(), &["f.txt"]);
+    let err = comp
+        .compose(&row(1, &["a@example.com"]), &c, &opts(false))
+        .expect_err("raw + attachment");
+    assert!(matches!(err, ComposeError::RawBody { .. }), "{err:?}");
+}
+
+#[test]
+fn eml_files_are_created_new_without_following_symlinks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = write_eml(dir.path(), 7, b"Subject: x\r\n\r\nhi\r\n").expect("write");
+    assert_eq!(p, dir.path().join("7.eml"));
+    assert_eq!(
+        std::fs::read(&p).expect("read"),
+        b"Subject: x\r\n\r\nhi\r\n"
+    );
+    let err = write_eml(dir.path(), 7, b"again").expect_err("exists");
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    let target = dir.path().join("target");
+    std::fs::write(&target, "keep").expect("write");
+    std::os::unix::fs::symlink(&target, dir.path().join("8.eml")).expect("symlink");
+    assert!(write_eml(dir.path(), 8, b"evil").is_err());
+    assert_eq!(std::fs::read(&target).expect("read"), b"keep");
+    let dangling = dir.path().join("nowhere");
+    std::os::unix::fs::symlink(&dangling, dir.path().join("9.eml")).expect("symlink");
+    assert!(write_eml(dir.path(), 9, b"evil").is_err());
+    assert!(!dangling.exists());
+}
+
+#[test]
+fn setup_errors_name_the_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email"]);
+    let t = Template::parse_for_mime(b"From: t@example.org\n\nx", "t.eml", &c).expect("parse");
+    let err = Composer::new(
+        t,
+        &ComposerOptions {
+            attach: vec![dir.path().join("nope.pdf")],
+            attach_dir: dir.path().to_owned(),
+        },
+    )
+    .expect_err("missing");
+    assert!(err.is_missing());
+    assert!(err.to_string().contains("nope.pdf"), "{err}");
+}
