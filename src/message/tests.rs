@@ -57,10 +57,7 @@ fn text_encodings() {
         enc("Grüße, mostly ASCII", true),
         ContentTransferEncoding::EightBit
     );
-    assert_eq!(
-        enc(&"ü".repeat(600), true),
-        ContentTransferEncoding::Base64
-    );
+    assert_eq!(enc(&"ü".repeat(600), true), ContentTransferEncoding::Base64);
     assert_eq!(
         enc(&"Grüße from the whole team, ".repeat(60), true),
         ContentTransferEncoding::QuotedPrintable

@@ -5,6 +5,7 @@ use base64::Engine as _;
 
 use super::RowError;
 use super::address::{find_top_level, split_top_level};
+use crate::engine::check_address;
 
 /// Longest RFC 2047 encoded-word (RFC 2047 §2).
 pub(crate) const MAX_ENCODED_WORD: usize = 75;
@@ -238,9 +239,16 @@ pub(crate) fn encode_address_list(value: &str) -> Vec<String> {
     let mut tokens = Vec::new();
     for (n, item) in items.iter().enumerate() {
         let before = tokens.len();
-        // `phrase <addr>`; with unbalanced quotes or parentheses in the phrase, fall back to the
-        // last `<` of an item that ends with `>`.
-        let angle = find_top_level(item, '<')
+        // `phrase <addr>`: the last `<` of an item that ends with a valid `<addr>` (so a `<`
+        // inside an unquoted phrase stays in the phrase); otherwise the first top-level `<`,
+        // and with unbalanced quotes or parentheses in the phrase, the last `<`.
+        let last = item
+            .ends_with('>')
+            .then(|| item.rfind('<'))
+            .flatten()
+            .filter(|&lt| check_address(item[lt + 1..item.len() - 1].trim()).is_ok());
+        let angle = last
+            .or_else(|| find_top_level(item, '<'))
             .or_else(|| item.ends_with('>').then(|| item.rfind('<')).flatten());
         match angle {
             Some(lt) => {
