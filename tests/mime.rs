@@ -685,3 +685,57 @@ fn setup_errors_name_the_file() {
     assert!(err.is_missing());
     assert!(err.to_string().contains("nope.pdf"), "{err}");
 }
+
+/// Every row of the sample list composes with the sample Markdown template (per-row `Attach:`)
+/// and with the sample text + HTML templates and the shared inline logo.
+#[test]
+fn samples_compose_for_every_row() {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples");
+    let mut list =
+        pipemail::input::ListReader::open(&samples.join("recipients.csv")).expect("list");
+    let c = list.headers().to_vec();
+    let read = |f: &str| std::fs::read(samples.join(f)).expect("sample");
+    let md = Composer::new(
+        Template::parse_for_mime(&read("markdown.eml"), "markdown.eml", &c).expect("parse"),
+        &ComposerOptions {
+            attach: vec![],
+            attach_dir: samples.clone(),
+        },
+    )
+    .expect("composer");
+    let mut t = Template::parse_for_mime(&read("template.eml"), "template.eml", &c).expect("t");
+    t.add_html(&read("newsletter.html"), "newsletter.html", &c)
+        .expect("html");
+    let html = Composer::new(
+        t,
+        &ComposerOptions {
+            attach: vec![samples.join("logo.png")],
+            attach_dir: samples.clone(),
+        },
+    )
+    .expect("composer");
+    let mut rows = 0;
+    while let Some(r) = list.next_row() {
+        let r = r.expect("row");
+        if r.problem.is_some() {
+            continue;
+        }
+        rows += 1;
+        let a = md.compose(&r, &c, &opts(false)).expect("markdown");
+        check_wire(&a, false);
+        let b = html.compose(&r, &c, &opts(true)).expect("html");
+        check_wire(&b, true);
+        if rows <= 3 {
+            let v = parse(&a.data);
+            no_defects(&v);
+            assert_eq!(types(&v["root"]), ["multipart/alternative", "text/plain"]);
+            let plan = r.fields[3].to_ascii_lowercase();
+            assert_eq!(v["root"]["parts"][1]["filename"], format!("{plan}.txt"));
+            let v = parse(&b.data);
+            assert_eq!(types(&v["root"]), ["multipart/alternative", "image/png"]);
+            assert_eq!(v["root"]["content_type"], "multipart/related");
+            assert_eq!(payload(&v["root"]["parts"][1]), read("logo.png"));
+        }
+    }
+    assert!(rows >= 290, "{rows}");
+}

@@ -16,8 +16,10 @@ use super::error::{AttachProblem, SetupError};
 pub(crate) struct Attachment {
     /// The file name (last path component), used as `filename` and as the Content-ID.
     pub(crate) name: String,
-    content_type: ContentType,
-    body: Body,
+    /// The part as an attachment, built once.
+    attached: SinglePart,
+    /// The part inline (for `cid:` references), built once.
+    inline: SinglePart,
 }
 
 impl Attachment {
@@ -32,22 +34,24 @@ impl Attachment {
             // Base64 can carry any bytes; lettre only refuses 7bit/8bit for unfit data.
             Err(bytes) => Body::new(bytes),
         };
+        let inline = lettre::message::Attachment::new_inline_with_name(name.clone(), name.clone())
+            .body(body.clone(), content_type.clone());
+        let attached = lettre::message::Attachment::new(name.clone()).body(body, content_type);
         Self {
             name,
-            content_type,
-            body,
+            attached,
+            inline,
         }
     }
 
     /// The MIME part: `Content-Disposition: attachment` with the RFC 2231 file name, or, when
     /// `inline`, `Content-ID: <name>` and `Content-Disposition: inline` for `cid:` references.
     pub(crate) fn part(&self, inline: bool) -> SinglePart {
-        let builder = if inline {
-            lettre::message::Attachment::new_inline_with_name(self.name.clone(), self.name.clone())
+        if inline {
+            self.inline.clone()
         } else {
-            lettre::message::Attachment::new(self.name.clone())
-        };
-        builder.body(self.body.clone(), self.content_type.clone())
+            self.attached.clone()
+        }
     }
 }
 

@@ -243,7 +243,7 @@ impl Composer {
                 attached,
             })?;
             data.extend_from_slice(b"MIME-Version: 1.0\r\n");
-            node.write(&mut data);
+            data = node.finish(data);
         }
         check_line_lengths(&data)?;
         let eight_bit = !data.is_ascii();

@@ -59,19 +59,26 @@ impl Node {
         }
     }
 
-    /// Appends the part: its headers (which become part of the message's header section), a
-    /// blank line and its body, ending with CRLF.
-    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+    /// The message: `head` (the header fields before the part's own), then the part's
+    /// headers, a blank line and its body, ending with CRLF. A multipart is formatted by
+    /// lettre into a buffer of its own, and `head` is put in front of it in place, so the
+    /// (possibly large) formatted bytes are not copied into another allocation.
+    pub(crate) fn finish(self, mut head: Vec<u8>) -> Vec<u8> {
         match self {
             Self::Single(s) => {
-                out.extend_from_slice(s.headers().to_string().as_bytes());
-                out.extend_from_slice(b"\r\n");
-                out.extend_from_slice(s.raw_body());
-                if !out.ends_with(b"\r\n") {
-                    out.extend_from_slice(b"\r\n");
+                head.extend_from_slice(s.headers().to_string().as_bytes());
+                head.extend_from_slice(b"\r\n");
+                head.extend_from_slice(s.raw_body());
+                if !head.ends_with(b"\r\n") {
+                    head.extend_from_slice(b"\r\n");
                 }
+                head
             }
-            Self::Multi(m) => out.extend_from_slice(&m.formatted()),
+            Self::Multi(m) => {
+                let mut formatted = m.formatted();
+                formatted.splice(0..0, head);
+                formatted
+            }
         }
     }
 }
