@@ -1,163 +1,16 @@
 //! Composed MIME messages, parsed back by an independent parser: Python's `email` package
 //! with `policy.default` (`tests/support/mime_parse.py`), compared part by part.
 
-use std::io::Write as _;
+#[path = "support/mime.rs"]
+mod mime_support;
+
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use pipemail::input::Row;
-use pipemail::message::{
-    AttachProblem, ComposeError, ComposeOptions, Composed, Composer, ComposerOptions, write_eml,
-};
-use pipemail::template::{RenderOptions, Template};
-use serde_json::Value;
-use time::macros::datetime;
-
-fn cols(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| (*s).to_owned()).collect()
-}
-
-fn row(number: u64, fields: &[&str]) -> Row {
-    Row {
-        number,
-        line: number + 1,
-        email: fields[0].trim().to_owned(),
-        fields: fields.iter().map(|s| (*s).to_owned()).collect(),
-        problem: None,
-    }
-}
-
-fn opts(eight_bit_mime: bool) -> ComposeOptions {
-    ComposeOptions {
-        render: RenderOptions {
-            smtputf8: false,
-            now: datetime!(2026-11-25 20:14:18 UTC),
-            message_id_domain: None,
-        },
-        eight_bit_mime,
-    }
-}
-
-/// A composer for `template` (+ `html`), attachments under `dir`.
-fn composer(
-    template: &str,
-    html: Option<&str>,
-    columns: &[String],
-    dir: &Path,
-    attach: &[&str],
-) -> Composer {
-    let mut t = Template::parse_for_mime(template.as_bytes(), "t.eml", columns).expect("parse");
-    if let Some(h) = html {
-        t.add_html(h.as_bytes(), "t.html", columns).expect("html");
-    }
-    Composer::new(
-        t,
-        &ComposerOptions {
-            attach: attach.iter().map(|a| dir.join(a)).collect(),
-            attach_dir: dir.to_owned(),
-        },
-    )
-    .expect("composer")
-}
-
-/// Wire rules every composed message keeps: CRLF only, no line over 998 octets, ends in CRLF;
-/// ASCII only unless 8-bit was allowed.
-fn check_wire(m: &Composed, eight_bit_allowed: bool) {
-    let d = &m.data;
-    for (i, &b) in d.iter().enumerate() {
-        if b == b'\n' {
-            assert!(i > 0 && d[i - 1] == b'\r', "bare LF at {i}");
-        }
-        if b == b'\r' {
-            assert_eq!(d.get(i + 1), Some(&b'\n'), "bare CR at {i}");
-        }
-    }
-    assert!(d.ends_with(b"\r\n"));
-    for line in d.split(|&b| b == b'\n') {
-        assert!(line.len() <= 999, "line of {} octets", line.len() - 1);
-    }
-    assert_eq!(m.eight_bit, !d.is_ascii());
-    if !eight_bit_allowed {
-        assert!(d.is_ascii(), "8-bit octets without 8BITMIME");
-    }
-}
-
-/// Parses with Python's email package.
-fn parse(data: &[u8]) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mime_parse.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(data)
-        .expect("write");
-    let out = child.wait_with_output().expect("python3 finishes");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
-}
-
-fn header<'a>(v: &'a Value, name: &str) -> Vec<&'a str> {
-    v["headers"]
-        .as_array()
-        .expect("headers")
-        .iter()
-        .filter(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-        .map(|h| h[1].as_str().expect("value"))
-        .collect()
-}
-
-fn payload(part: &Value) -> Vec<u8> {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD
-        .decode(part["payload_b64"].as_str().expect("payload"))
-        .expect("base64")
-}
-
-fn types(part: &Value) -> Vec<&str> {
-    part["parts"]
-        .as_array()
-        .expect("multipart")
-        .iter()
-        .map(|p| p["content_type"].as_str().expect("type"))
-        .collect()
-}
-
-fn no_defects(v: &Value) {
-    fn walk(p: &Value) {
-        assert_eq!(p["defects"], Value::Array(vec![]), "{p}");
-        if let Some(parts) = p["parts"].as_array() {
-            parts.iter().for_each(walk);
-        }
-    }
-    assert_eq!(v["defects"], Value::Array(vec![]));
-    walk(&v["root"]);
-}
+use mime_support::*;
+use pipemail::message::{AttachProblem, ComposeError, Composer, ComposerOptions, write_eml};
+use pipemail::template::Template;
 
 const TEXT: &str = "From: Team <team@example.org>\nTo: {{ name }} <{{ email }}>\nSubject: Hello {{ name }}\n\nDear {{ name }},\n{{ note }}\n";
-
-fn text_of(part: &Value) -> String {
-    part["text"].as_str().expect("text").replace("\r\n", "\n")
-}
-
-fn data_text(m: &Composed) -> String {
-    String::from_utf8_lossy(&m.data).into_owned()
-}
-
-/// Bytes 0..=255 repeated: binary, with CR, LF, NUL and 8-bit octets.
-fn binary(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 % 256) as u8).collect()
-}
 
 #[test]
 fn text_only_is_one_7bit_text_part() {
@@ -396,6 +249,11 @@ fn attach_paths_that_escape_fail_only_their_row() {
         ("missing.txt".into(), AttachProblem::Missing),
         ("sub".into(), AttachProblem::NotAFile),
         ("  ".into(), AttachProblem::Empty),
+        // CR/LF in a value cannot add a header: sanitized to spaces, then no such file.
+        (
+            "ok.txt\r\nBcc: v@example.com".into(),
+            AttachProblem::Missing,
+        ),
     ];
     for (i, (path, problem)) in cases.iter().enumerate() {
         let err = comp
@@ -408,7 +266,7 @@ fn attach_paths_that_escape_fail_only_their_row() {
         assert_eq!(
             err,
             ComposeError::Attach {
-                path: path.trim().to_owned(),
+                path: path.trim().replace(['\r', '\n'], " "),
                 problem: problem.clone()
             },
             "{path}"
@@ -738,4 +596,27 @@ fn samples_compose_for_every_row() {
         }
     }
     assert!(rows >= 290, "{rows}");
+}
+
+#[test]
+fn a_text_html_template_body_is_html_with_escaped_values() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email", "name"]);
+    let t = "From: t@example.org\nSubject: s\nContent-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n<h1>Hi {{ name }}</h1>\n<p>Bye</p>\n";
+    let comp = composer(t, None, &c, dir.path(), &[]);
+    let m = comp
+        .compose(&row(1, &["a@example.com", "<i>Ann</i>"]), &c, &opts(false))
+        .expect("compose");
+    check_wire(&m, false);
+    assert_eq!(
+        data_text(&m).matches("Content-Transfer-Encoding").count(),
+        2
+    );
+    let v = parse(&m.data);
+    no_defects(&v);
+    assert_eq!(types(&v["root"]), ["text/plain", "text/html"]);
+    let t = text_of(&v["root"]["parts"][0]);
+    assert!(t.contains("Hi <i>Ann</i>") && t.contains("Bye"), "{t}");
+    let h = text_of(&v["root"]["parts"][1]);
+    assert!(h.contains("<h1>Hi &lt;i&gt;Ann&lt;&#x2f;i&gt;</h1>"), "{h}");
 }

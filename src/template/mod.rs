@@ -4,7 +4,9 @@
 //!
 //! A template is a UTF-8 text file holding a message: header lines, one blank line, the body.
 //! Line endings may be CRLF, LF or lone CR; all are normalized (the rendered message uses CRLF).
-//! No line of the template may be longer than 998 octets.
+//! With [`Template::parse`] no line of the template may be longer than 998 octets (the
+//! message is sent as rendered); [`Template::parse_for_mime`] has no such limit, because
+//! [`crate::message::Composer`] encodes bodies with long lines.
 //!
 //! * The header section ends at the first empty (or white-space-only) line. A template with no
 //!   such line is all headers and renders with an empty body.
@@ -21,7 +23,10 @@
 //!   `{% include %}`, `{% extends %}`, `{% import %}` and `{% macro %}` are refused at parse time.
 //! * Every variable a template uses must be a column of the list (checked at parse time with
 //!   minijinja's static analysis, and again at render time with strict undefined behaviour). The
-//!   global functions `range`, `dict`, `namespace` and `debug` are also available.
+//!   global functions `range`, `dict`, `namespace`, `debug`, `cycler` and `joiner` are also
+//!   available, and Jinja's filters: minijinja's builtins (with `urlencode` and `tojson`),
+//!   minijinja-contrib's `truncate(length=…)`, `wordwrap`, `wordcount`, `striptags`,
+//!   `pluralize`, `filesizeformat`, and Python string methods (`{{ name.upper() }}`).
 //!
 //! # Rendering
 //!
@@ -41,7 +46,8 @@
 //! * `Date:` and `Message-ID:` are appended when the rendered header section lacks them.
 //! * Body values are inserted as they are (they may hold newlines); the rendered body is
 //!   normalized to CRLF line endings and ends with CRLF. The message is not dot-stuffed.
-//! * A rendered line longer than 998 octets fails that row ([`RowError::LineTooLong`]).
+//! * A rendered line longer than 998 octets fails that row ([`RowError::LineTooLong`]) in
+//!   [`Template::render`]; [`crate::message::Composer::compose`] encodes it instead.
 
 mod address;
 mod header;
