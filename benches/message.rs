@@ -1,8 +1,8 @@
 //! Message composition cost per row, with no I/O in the loop: `pipemail::template` rendering
 //! (the raw, pre-MIME path) against `pipemail::message::Composer` for a text-only message,
 //! text + HTML (multipart/alternative), a shared 100 KiB `--attach` file (encoded once, its
-//! base64 copied into each message) and a per-row 20 KiB `Attach:` file (read and encoded for
-//! every row).
+//! base64 copied into each message) and a per-row 20 KiB `Attach:` file, read and encoded for
+//! every row (cache off) or reused while unchanged (the default cache).
 //!
 //! `cargo bench --bench message [-- N]` (default N = 5,000) prints ns per message, best of
 //! three runs. No criterion: a plain `main`, `std::hint::black_box` on outputs.
@@ -67,7 +67,7 @@ fn row(i: u64, file: &str) -> Row {
     }
 }
 
-fn composer(dir: &Path, html: bool, attach: &[&str]) -> Composer {
+fn composer(dir: &Path, html: bool, attach: &[&str], attach_cache: usize) -> Composer {
     let c = columns();
     let mut t = Template::parse_for_mime(TEXT.as_bytes(), "bench.eml", &c).expect("template");
     if html {
@@ -78,6 +78,7 @@ fn composer(dir: &Path, html: bool, attach: &[&str]) -> Composer {
         &ComposerOptions {
             attach: attach.iter().map(|a| dir.join(a)).collect(),
             attach_dir: dir.to_owned(),
+            attach_cache,
         },
     )
     .expect("composer")
@@ -119,31 +120,47 @@ fn main() {
     };
 
     println!("pipemail message composition, {n} rows, best of 3");
-    println!("{:<34} {:>12} {:>12}", "case", "ns/message", "bytes");
+    println!("{:<36} {:>12} {:>12}", "case", "ns/message", "bytes");
     let raw = Template::parse(TEXT.as_bytes(), "bench.eml", &c).expect("template");
     let (ns, size) = measure(n, |i| {
         let r = raw.render(&row(i, ""), &c, &render).expect("render");
         black_box(r.data.len())
     });
-    println!("{:<34} {ns:>12.0} {size:>12}", "raw render (no MIME)");
-    let cases: [(&str, bool, &[&str], &str); 4] = [
-        ("text only", false, &[], ""),
-        ("text + HTML", true, &[], ""),
+    println!("{:<36} {ns:>12.0} {size:>12}", "raw render (no MIME)");
+    // (name, HTML?, --attach files, Attach: file, cache octets)
+    let cache = pipemail::message::DEFAULT_ATTACH_CACHE;
+    let cases: [(&str, bool, &[&str], &str, usize); 5] = [
+        ("text only", false, &[], "", cache),
+        ("text + HTML", true, &[], "", cache),
         (
             "text + shared 100 KiB attachment",
             false,
             &["shared.pdf"],
             "",
+            cache,
         ),
-        ("text + per-row 20 KiB Attach:", false, &[], "row.pdf"),
+        (
+            "text + per-row 20 KiB, not cached",
+            false,
+            &[],
+            "row.pdf",
+            0,
+        ),
+        (
+            "text + per-row 20 KiB, cached",
+            false,
+            &[],
+            "row.pdf",
+            cache,
+        ),
     ];
-    for (name, html, attach, file) in cases {
-        let comp = composer(&dir, html, attach);
+    for (name, html, attach, file, cache) in cases {
+        let comp = composer(&dir, html, attach, cache);
         let (ns, size) = measure(n, |i| {
             let m = comp.compose(&row(i, file), &c, &opts).expect("compose");
             black_box(m.data.len())
         });
-        println!("{name:<34} {ns:>12.0} {size:>12}");
+        println!("{name:<36} {ns:>12.0} {size:>12}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -236,6 +236,7 @@ fn attach_paths_that_escape_fail_only_their_row() {
         &ComposerOptions {
             attach: vec![],
             attach_dir: base.clone(),
+            ..ComposerOptions::default()
         },
     )
     .expect("composer");
@@ -537,6 +538,7 @@ fn setup_errors_name_the_file() {
         &ComposerOptions {
             attach: vec![dir.path().join("nope.pdf")],
             attach_dir: dir.path().to_owned(),
+            ..ComposerOptions::default()
         },
     )
     .expect_err("missing");
@@ -558,6 +560,7 @@ fn samples_compose_for_every_row() {
         &ComposerOptions {
             attach: vec![],
             attach_dir: samples.clone(),
+            ..ComposerOptions::default()
         },
     )
     .expect("composer");
@@ -569,6 +572,7 @@ fn samples_compose_for_every_row() {
         &ComposerOptions {
             attach: vec![samples.join("logo.png")],
             attach_dir: samples.clone(),
+            ..ComposerOptions::default()
         },
     )
     .expect("composer");
@@ -619,4 +623,47 @@ fn a_text_html_template_body_is_html_with_escaped_values() {
     assert!(t.contains("Hi <i>Ann</i>") && t.contains("Bye"), "{t}");
     let h = text_of(&v["root"]["parts"][1]);
     assert!(h.contains("<h1>Hi &lt;i&gt;Ann&lt;&#x2f;i&gt;</h1>"), "{h}");
+}
+
+#[test]
+fn per_row_files_are_reused_only_while_unchanged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let c = cols(&["email", "file"]);
+    let t = "From: t@example.org\nSubject: s\nAttach: {{ file }}\n\nx\n";
+    for cache in [0, 1 << 20] {
+        std::fs::write(dir.path().join("plan.txt"), "version one").expect("write");
+        let comp = Composer::new(
+            Template::parse_for_mime(t.as_bytes(), "t.eml", &c).expect("parse"),
+            &ComposerOptions {
+                attach: vec![],
+                attach_dir: dir.path().to_owned(),
+                attach_cache: cache,
+            },
+        )
+        .expect("composer");
+        let attached = |n: u64| {
+            let m = comp
+                .compose(&row(n, &["a@example.com", "plan.txt"]), &c, &opts(false))
+                .expect("compose");
+            payload(&parse(&m.data)["root"]["parts"][1])
+        };
+        assert_eq!(attached(1), b"version one");
+        assert_eq!(attached(2), b"version one");
+        std::fs::write(dir.path().join("plan.txt"), "version two, longer").expect("write");
+        assert_eq!(attached(3), b"version two, longer", "cache {cache}");
+        std::fs::remove_file(dir.path().join("plan.txt")).expect("rm");
+        let err = comp
+            .compose(&row(4, &["a@example.com", "plan.txt"]), &c, &opts(false))
+            .expect_err("gone");
+        assert!(
+            matches!(
+                err,
+                ComposeError::Attach {
+                    problem: AttachProblem::Missing,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
 }

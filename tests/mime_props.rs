@@ -143,6 +143,7 @@ proptest! {
         let composer = Composer::new(template, &ComposerOptions {
             attach: vec![dir.path().join("a.bin")],
             attach_dir: dir.path().to_owned(),
+            ..ComposerOptions::default()
         }).expect("composer");
         let row = Row {
             number: 1,

@@ -1,25 +1,31 @@
 //! Attachments: files read and base64-encoded once (`--attach`, shared by every row), and
 //! per-row `Attach:` paths confined to an attachment directory.
 
+use std::collections::HashMap;
 use std::io::Read as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
+use lettre::message::Body;
 use lettre::message::header::{ContentTransferEncoding, ContentType};
-use lettre::message::{Body, SinglePart};
 
 use super::error::{AttachProblem, SetupError};
 
-/// A file ready to attach: its name, its Content-Type (from the name) and its body, already
-/// base64-encoded. Cloning it copies the encoded bytes; nothing is encoded again.
+/// A file ready to attach: its MIME part formatted by lettre once, in both forms (attached
+/// and inline): headers (Content-Type from the name, Content-Disposition with the RFC 2231 file
+/// name), a blank line, the base64 body. Messages copy these bytes; nothing is encoded again.
 #[derive(Debug, Clone)]
 pub(crate) struct Attachment {
     /// The file name (last path component), used as `filename` and as the Content-ID.
     pub(crate) name: String,
-    /// The part as an attachment, built once.
-    attached: SinglePart,
-    /// The part inline (for `cid:` references), built once.
-    inline: SinglePart,
+    /// The part as an attachment, formatted.
+    attached: Vec<u8>,
+    /// The part inline (for `cid:` references), formatted.
+    inline: Vec<u8>,
+    /// Octets held (both parts).
+    size: usize,
 }
 
 impl Attachment {
@@ -35,23 +41,25 @@ impl Attachment {
             Err(bytes) => Body::new(bytes),
         };
         let inline = lettre::message::Attachment::new_inline_with_name(name.clone(), name.clone())
-            .body(body.clone(), content_type.clone());
-        let attached = lettre::message::Attachment::new(name.clone()).body(body, content_type);
+            .body(body.clone(), content_type.clone())
+            .formatted();
+        let attached = lettre::message::Attachment::new(name.clone())
+            .body(body, content_type)
+            .formatted();
+        let size = attached.len() + inline.len();
         Self {
             name,
             attached,
             inline,
+            size,
         }
     }
 
-    /// The MIME part: `Content-Disposition: attachment` with the RFC 2231 file name, or, when
-    /// `inline`, `Content-ID: <name>` and `Content-Disposition: inline` for `cid:` references.
-    pub(crate) fn part(&self, inline: bool) -> SinglePart {
-        if inline {
-            self.inline.clone()
-        } else {
-            self.attached.clone()
-        }
+    /// The formatted MIME part: `Content-Disposition: attachment` with the RFC 2231 file name,
+    /// or, when `inline`, `Content-ID: <name>` and `Content-Disposition: inline` for `cid:`
+    /// references.
+    pub(crate) fn formatted(&self, inline: bool) -> &[u8] {
+        if inline { &self.inline } else { &self.attached }
     }
 }
 
@@ -61,20 +69,6 @@ fn file_name(path: &Path) -> String {
         || "attachment".to_owned(),
         |n| n.to_string_lossy().into_owned(),
     )
-}
-
-/// Opens `path` without following a symlink in its last component; must be a regular file.
-fn read_regular(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Ok(None);
-    }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
 }
 
 /// Reads and encodes a `--attach` file (once, for every row).
@@ -92,28 +86,52 @@ pub(crate) fn load_shared(path: &Path) -> Result<Attachment, SetupError> {
     Ok(Attachment::new(file_name(path), bytes))
 }
 
-/// The directory per-row `Attach:` paths resolve under, canonical.
-#[derive(Debug, Clone)]
+/// The directory per-row `Attach:` paths resolve under, canonical, with a cache of the files
+/// already encoded (many rows usually attach the same few files).
+#[derive(Debug)]
 pub(crate) struct AttachDir {
     root: PathBuf,
+    /// Octets of encoded attachments the cache may hold.
+    budget: usize,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    used: usize,
+    /// By canonical path and the name shown to recipients.
+    entries: HashMap<(PathBuf, String), Cached>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    /// What identifies this version of the file: device, inode, length, modification time.
+    stamp: (u64, u64, u64, Option<SystemTime>),
+    attachment: Arc<Attachment>,
 }
 
 impl AttachDir {
-    /// `path` must exist; it is canonicalized (symlinks resolved) once.
-    pub(crate) fn new(path: &Path) -> Result<Self, SetupError> {
+    /// `path` must exist; it is canonicalized (symlinks resolved) once. Up to `budget` octets
+    /// of encoded files are kept for reuse by later rows.
+    pub(crate) fn new(path: &Path, budget: usize) -> Result<Self, SetupError> {
         let root = path
             .canonicalize()
             .map_err(|source| SetupError::AttachDir {
                 path: path.to_owned(),
                 source,
             })?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            budget,
+            cache: Mutex::new(Cache::default()),
+        })
     }
 
-    /// Resolves a rendered `Attach:` value and reads the file. The path must be relative,
-    /// without `..`, and must stay inside the directory once symlinks are resolved; otherwise
-    /// the file is not opened.
-    pub(crate) fn load(&self, value: &str) -> Result<Attachment, AttachProblem> {
+    /// Resolves a rendered `Attach:` value and reads the file (or reuses it, encoded, when an
+    /// earlier row attached the same unchanged file). The path must be relative, without `..`,
+    /// and must stay inside the directory once symlinks are resolved; otherwise the file is not
+    /// opened. It is opened without following a symlink, every row.
+    pub(crate) fn load(&self, value: &str) -> Result<Arc<Attachment>, AttachProblem> {
         let value = value.trim();
         if value.is_empty() {
             return Err(AttachProblem::Empty);
@@ -125,22 +143,46 @@ impl AttachDir {
         {
             return Err(AttachProblem::Escapes);
         }
-        let real = self
-            .root
-            .join(rel)
-            .canonicalize()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => AttachProblem::Missing,
-                _ => AttachProblem::Unreadable(e.to_string()),
-            })?;
+        let io = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => AttachProblem::Missing,
+            _ => AttachProblem::Unreadable(e.to_string()),
+        };
+        let real = self.root.join(rel).canonicalize().map_err(io)?;
         if !real.starts_with(&self.root) {
             return Err(AttachProblem::Escapes);
         }
-        match read_regular(&real) {
-            Ok(Some(bytes)) => Ok(Attachment::new(file_name(rel), bytes)),
-            Ok(None) => Err(AttachProblem::NotAFile),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(AttachProblem::Missing),
-            Err(e) => Err(AttachProblem::Unreadable(e.to_string())),
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&real)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() {
+            return Err(AttachProblem::NotAFile);
         }
+        let stamp = (meta.dev(), meta.ino(), meta.len(), meta.modified().ok());
+        let key = (real, file_name(rel));
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(hit) = cache.entries.get(&key).filter(|c| c.stamp == stamp) {
+            return Ok(Arc::clone(&hit.attachment));
+        }
+        drop(cache);
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let attachment = Arc::new(Attachment::new(key.1.clone(), bytes));
+        let size = attachment.size;
+        cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let old = cache.entries.get(&key).map_or(0, |c| c.attachment.size);
+        if cache.used - old + size <= self.budget {
+            cache.used = cache.used - old + size;
+            cache.entries.insert(
+                key,
+                Cached {
+                    stamp,
+                    attachment: Arc::clone(&attachment),
+                },
+            );
+        }
+        Ok(attachment)
     }
 }

@@ -43,27 +43,45 @@ mod parts;
 mod tests;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use eml::write_eml;
 pub use error::{AttachProblem, ComposeError, SetupError};
 
 use crate::input::Row;
 use crate::template::{
-    BodyKind, RenderOptions, RenderedField, Template, addr_specs, check_line_lengths,
+    BodyKind, RenderOptions, RenderedField, Template, addr_specs, check_crlf_line_lengths,
     push_normalized,
 };
 use attach::{AttachDir, Attachment};
 use parts::Content;
 
 /// How to set up a [`Composer`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComposerOptions {
     /// Files attached to every message (`--attach FILE`, repeatable), read and encoded once.
     pub attach: Vec<PathBuf>,
     /// The directory `Attach:` paths resolve under (`--attach-dir`; default: the template's
     /// directory). Needed only when the template has an `Attach:` field.
     pub attach_dir: PathBuf,
+    /// Octets of encoded `Attach:` files kept for reuse by later rows (default 64 MiB; 0:
+    /// read and encode every row's files every time). A file is reused only while its
+    /// device, inode, length and modification time are unchanged.
+    pub attach_cache: usize,
 }
+
+impl Default for ComposerOptions {
+    fn default() -> Self {
+        Self {
+            attach: Vec::new(),
+            attach_dir: PathBuf::from("."),
+            attach_cache: DEFAULT_ATTACH_CACHE,
+        }
+    }
+}
+
+/// Default of [`ComposerOptions::attach_cache`]: 64 MiB.
+pub const DEFAULT_ATTACH_CACHE: usize = 64 << 20;
 
 /// Per-message settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +162,7 @@ impl Composer {
             .iter()
             .any(|h| h.eq_ignore_ascii_case("attach"));
         let attach_dir = if uses_attach {
-            Some(AttachDir::new(&opts.attach_dir)?)
+            Some(AttachDir::new(&opts.attach_dir, opts.attach_cache)?)
         } else {
             None
         };
@@ -229,7 +247,7 @@ impl Composer {
             let (text, html) = self.bodies(&ctx, &mode)?;
             let mut inline = Vec::new();
             let mut attached = Vec::new();
-            for a in self.shared.iter().chain(&per_row) {
+            for a in self.shared.iter().chain(per_row.iter().map(|a| &**a)) {
                 match &html {
                     Some(h) if html::references_cid(h, &a.name) => inline.push(a),
                     _ => attached.push(a),
@@ -243,9 +261,9 @@ impl Composer {
                 attached,
             })?;
             data.extend_from_slice(b"MIME-Version: 1.0\r\n");
-            data = node.finish(data);
+            data = node.finish(data)?;
         }
-        check_line_lengths(&data)?;
+        check_crlf_line_lengths(&data)?;
         let eight_bit = !data.is_ascii();
         Ok(Composed {
             data,
@@ -298,7 +316,7 @@ impl Composer {
         })
     }
 
-    fn load(&self, path: &str) -> Result<Attachment, ComposeError> {
+    fn load(&self, path: &str) -> Result<Arc<Attachment>, ComposeError> {
         let dir = self
             .attach_dir
             .as_ref()

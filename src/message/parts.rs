@@ -58,28 +58,47 @@ impl Node {
             Self::Multi(m) => multi.multipart(m),
         }
     }
+}
 
-    /// The message: `head` (the header fields before the part's own), then the part's
-    /// headers, a blank line and its body, ending with CRLF. A multipart is formatted by
-    /// lettre into a buffer of its own, and `head` is put in front of it in place, so the
-    /// (possibly large) formatted bytes are not copied into another allocation.
-    pub(crate) fn finish(self, mut head: Vec<u8>) -> Vec<u8> {
-        match self {
-            Self::Single(s) => {
+/// A built message body: the tree, with a small placeholder part standing for each
+/// attachment, and the attachments' formatted parts to put in their place.
+pub(crate) struct Built<'a> {
+    node: Node,
+    /// (the placeholder part as lettre formats it, the attachment part's formatted bytes)
+    splices: Vec<(Vec<u8>, &'a [u8])>,
+}
+
+impl Built<'_> {
+    /// The message: `head` (the header fields before the part's own), then the tree's
+    /// headers, a blank line and its body, ending with CRLF. lettre formats the tree with the
+    /// small placeholders; each attachment's part, formatted once when it was loaded, is then
+    /// copied in place of its placeholder, straight into a buffer of the final size. The
+    /// framing (boundaries, part headers) is lettre's; attachments are never re-encoded.
+    pub(crate) fn finish(self, mut head: Vec<u8>) -> Result<Vec<u8>, ComposeError> {
+        let formatted = match self.node {
+            Node::Single(s) => {
                 head.extend_from_slice(s.headers().to_string().as_bytes());
                 head.extend_from_slice(b"\r\n");
                 head.extend_from_slice(s.raw_body());
                 if !head.ends_with(b"\r\n") {
                     head.extend_from_slice(b"\r\n");
                 }
-                head
+                return Ok(head);
             }
-            Self::Multi(m) => {
-                let mut formatted = m.formatted();
-                formatted.splice(0..0, head);
-                formatted
-            }
+            Node::Multi(m) => m.formatted(),
+        };
+        let extra: usize = self.splices.iter().map(|(_, real)| real.len()).sum();
+        let mut out = Vec::with_capacity(head.len() + formatted.len() + extra);
+        out.extend_from_slice(&head);
+        let mut rest = &formatted[..];
+        for (placeholder, real) in &self.splices {
+            let at = find(rest, placeholder).ok_or(ComposeError::Boundary)?;
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(real);
+            rest = &rest[at + placeholder.len()..];
         }
+        out.extend_from_slice(rest);
+        Ok(out)
     }
 }
 
@@ -97,7 +116,7 @@ pub(crate) struct Content<'a> {
 
 /// Builds the tree: `mixed(related(alternative(text, html), inline…), attachments…)`, each
 /// level only when needed.
-pub(crate) fn build(content: Content<'_>) -> Result<Node, ComposeError> {
+pub(crate) fn build<'a>(content: Content<'a>) -> Result<Built<'a>, ComposeError> {
     // Boundaries are chosen first, while the text bodies can still be searched: a boundary
     // must occur in no text part (attachments are base64, which has no '-').
     let mut taken: Vec<String> = Vec::new();
@@ -126,21 +145,32 @@ pub(crate) fn build(content: Content<'_>) -> Result<Node, ComposeError> {
             .body(html);
         node = Node::Multi(node.add_to(alt).singlepart(html));
     }
+    // Placeholders are named after a boundary, which occurs in no text part.
+    let tag = taken.last().cloned().unwrap_or_default();
+    let mut splices = Vec::new();
+    let mut placeholder = |real: &'a [u8]| {
+        let token = format!("{tag}.{}", splices.len());
+        let part = SinglePart::builder().header(ContentType::TEXT_PLAIN).body(
+            Body::dangerous_pre_encoded(token.into_bytes(), ContentTransferEncoding::SevenBit),
+        );
+        splices.push((part.formatted(), real));
+        part
+    };
     if let Some(related) = related {
         let mut related = node.add_to(related);
         for a in content.inline {
-            related = related.singlepart(a.part(true));
+            related = related.singlepart(placeholder(a.formatted(true)));
         }
         node = Node::Multi(related);
     }
     if let Some(mixed) = mixed {
         let mut mixed = node.add_to(mixed);
         for a in content.attached {
-            mixed = mixed.singlepart(a.part(false));
+            mixed = mixed.singlepart(placeholder(a.formatted(false)));
         }
         node = Node::Multi(mixed);
     }
-    Ok(node)
+    Ok(Built { node, splices })
 }
 
 /// An empty multipart whose random boundary occurs in none of `texts` and differs from the
@@ -164,5 +194,12 @@ fn fresh(
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    find(haystack, needle).is_some()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    memchr::memmem::find(haystack, needle)
 }

@@ -78,3 +78,36 @@ fn markdown_html() {
         "{h}"
     );
 }
+
+#[test]
+fn crlf_line_check_agrees_with_the_exact_one() {
+    use crate::template::RowError;
+    use crate::template::check_crlf_line_lengths as fast;
+    let lines = |lens: &[usize]| {
+        let mut d = Vec::new();
+        for &n in lens {
+            d.extend(std::iter::repeat_n(b'x', n));
+            d.extend_from_slice(b"\r\n");
+        }
+        d
+    };
+    assert_eq!(fast(&lines(&[998, 0, 998, 5, 997])), Ok(()));
+    assert_eq!(fast(&lines(&[76; 2000])), Ok(()));
+    assert_eq!(fast(&lines(&[])), Ok(()));
+    assert_eq!(
+        fast(&lines(&[10, 998, 999, 3])),
+        Err(RowError::LineTooLong {
+            line: 3,
+            length: 999
+        })
+    );
+    assert_eq!(
+        fast(&lines(
+            &[76; 300].iter().copied().chain([5000]).collect::<Vec<_>>()
+        )),
+        Err(RowError::LineTooLong {
+            line: 301,
+            length: 5000
+        })
+    );
+}

@@ -68,10 +68,10 @@ pub use address::from_address_of;
 use address::static_from_address;
 use header::{check_header_source, needs_sanitizing};
 use jinja::{find_variable, jinja_error};
-use lines::{line_col, normalize_to_lf};
+use lines::{check_line_lengths, line_col, normalize_to_lf};
 
 pub(crate) use address::addr_specs;
-pub(crate) use lines::{check_line_lengths, push_normalized};
+pub(crate) use lines::{check_crlf_line_lengths, push_normalized};
 pub(crate) use render::{HeaderSection, RenderedField};
 
 /// Longest line allowed in a message, in octets, not counting CRLF (RFC 5322 §2.1.1,

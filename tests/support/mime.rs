@@ -56,6 +56,7 @@ pub fn composer(
         &ComposerOptions {
             attach: attach.iter().map(|a| dir.join(a)).collect(),
             attach_dir: dir.to_owned(),
+            ..ComposerOptions::default()
         },
     )
     .expect("composer")
