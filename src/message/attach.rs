@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::SystemTime;
 
 use lettre::message::Body;
@@ -13,18 +13,21 @@ use lettre::message::header::{ContentTransferEncoding, ContentType};
 
 use super::error::{AttachProblem, SetupError};
 
-/// A file ready to attach: its MIME part formatted by lettre once, in both forms (attached
-/// and inline): headers (Content-Type from the name, Content-Disposition with the RFC 2231 file
-/// name), a blank line, the base64 body. Messages copy these bytes; nothing is encoded again.
-#[derive(Debug, Clone)]
+/// A file ready to attach: its body base64-encoded once, and its MIME part formatted by
+/// lettre once per form used (attached, or inline for `cid:` references): headers
+/// (Content-Type from the name, Content-Disposition with the RFC 2231 file name), a blank
+/// line, the body. Messages copy these bytes; nothing is encoded again.
+#[derive(Debug)]
 pub(crate) struct Attachment {
     /// The file name (last path component), used as `filename` and as the Content-ID.
     pub(crate) name: String,
-    /// The part as an attachment, formatted.
-    attached: Vec<u8>,
-    /// The part inline (for `cid:` references), formatted.
-    inline: Vec<u8>,
-    /// Octets held (both parts).
+    content_type: ContentType,
+    body: Body,
+    /// The part as an attachment, formatted on first use.
+    attached: OnceLock<Vec<u8>>,
+    /// The part inline, formatted on first use.
+    inline: OnceLock<Vec<u8>>,
+    /// About how many octets it holds once both forms are formatted.
     size: usize,
 }
 
@@ -40,17 +43,13 @@ impl Attachment {
             // Base64 can carry any bytes; lettre only refuses 7bit/8bit for unfit data.
             Err(bytes) => Body::new(bytes),
         };
-        let inline = lettre::message::Attachment::new_inline_with_name(name.clone(), name.clone())
-            .body(body.clone(), content_type.clone())
-            .formatted();
-        let attached = lettre::message::Attachment::new(name.clone())
-            .body(body, content_type)
-            .formatted();
-        let size = attached.len() + inline.len();
+        let size = body.len() * 3 + 3 * 1024;
         Self {
             name,
-            attached,
-            inline,
+            content_type,
+            body,
+            attached: OnceLock::new(),
+            inline: OnceLock::new(),
             size,
         }
     }
@@ -59,7 +58,22 @@ impl Attachment {
     /// or, when `inline`, `Content-ID: <name>` and `Content-Disposition: inline` for `cid:`
     /// references.
     pub(crate) fn formatted(&self, inline: bool) -> &[u8] {
-        if inline { &self.inline } else { &self.attached }
+        let format = |builder: lettre::message::Attachment| {
+            builder
+                .body(self.body.clone(), self.content_type.clone())
+                .formatted()
+        };
+        if inline {
+            self.inline.get_or_init(|| {
+                format(lettre::message::Attachment::new_inline_with_name(
+                    self.name.clone(),
+                    self.name.clone(),
+                ))
+            })
+        } else {
+            self.attached
+                .get_or_init(|| format(lettre::message::Attachment::new(self.name.clone())))
+        }
     }
 }
 

@@ -27,10 +27,13 @@
 //!   octets is RFC 2047-encoded and folded.
 //! * **Envelope**: `Cc:` and `Bcc:` addresses are returned in [`Composed::extra_recipients`];
 //!   the `Bcc:` field is removed (as `sendmail -t` does); an invalid address fails the row.
-//! * **Attachments**: `--attach` files are read and encoded once ([`Composer::new`]) and the
-//!   encoded bytes shared by every row. `Attach:` paths resolve under
+//! * **Attachments**: `--attach` files are read and encoded once ([`Composer::new`]); each
+//!   attachment's MIME part is formatted once and copied into every message in place of a
+//!   small placeholder part that lettre frames. `Attach:` paths resolve under
 //!   [`ComposerOptions::attach_dir`]; one that leaves it (absolute, `..`, a symlink out), is
 //!   missing or unreadable fails that row ([`ComposeError::Attach`]) and is never read.
+//!   Files attached by several rows are encoded once while unchanged
+//!   ([`ComposerOptions::attach_cache`]).
 //! * **Boundaries** are lettre's random 40-character strings, checked against the text parts
 //!   so no value can close a part.
 
