@@ -111,3 +111,12 @@ fn crlf_line_check_agrees_with_the_exact_one() {
         })
     );
 }
+
+#[test]
+fn shareable_between_threads() {
+    fn check<T: Send + Sync>() {}
+    check::<super::Composer>();
+    check::<super::Composed>();
+    check::<super::ComposeError>();
+    check::<super::SetupError>();
+}
