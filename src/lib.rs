@@ -10,6 +10,7 @@ pub mod engine;
 pub mod fsutil;
 pub mod input;
 pub mod latency;
+pub mod message;
 pub mod pipeliner;
 pub mod report;
 pub mod review;

@@ -1,0 +1,122 @@
+//! Unit tests of the composition helpers.
+
+use lettre::message::header::ContentTransferEncoding;
+
+use super::BodyMode;
+use super::html::{markdown_to_html, references_cid};
+use super::parts::text_body;
+
+#[test]
+fn body_mode_from_content_type() {
+    assert_eq!(BodyMode::of(None), BodyMode::Text);
+    assert_eq!(
+        BodyMode::of(Some(" text/plain; charset=utf-8")),
+        BodyMode::Text
+    );
+    assert_eq!(BodyMode::of(Some("TEXT/HTML")), BodyMode::Html);
+    assert_eq!(
+        BodyMode::of(Some("text/markdown; variant=GFM")),
+        BodyMode::Markdown
+    );
+    assert_eq!(
+        BodyMode::of(Some(" multipart/mixed; boundary=\"x\"")),
+        BodyMode::Raw("multipart/mixed; boundary=\"x\"".into())
+    );
+}
+
+#[test]
+fn cid_references() {
+    let html = "<img src=\"cid:logo.png\"><div style=\"background:url(cid:bg.jpg)\">";
+    assert!(references_cid(html, "logo.png"));
+    assert!(references_cid(html, "bg.jpg"));
+    assert!(!references_cid(html, "logo"));
+    assert!(!references_cid("<p>no refs</p>", "logo.png"));
+}
+
+#[test]
+fn text_encodings() {
+    let enc = |t: &str, eight: bool| text_body(t, eight).encoding();
+    assert_eq!(
+        enc("plain\nascii\n", false),
+        ContentTransferEncoding::SevenBit
+    );
+    assert_eq!(
+        enc(&"x".repeat(998), false),
+        ContentTransferEncoding::SevenBit
+    );
+    assert_eq!(
+        enc(&"x".repeat(999), false),
+        ContentTransferEncoding::QuotedPrintable
+    );
+    assert_eq!(enc("a\0b", false), ContentTransferEncoding::QuotedPrintable);
+    assert_eq!(
+        enc("Grüße, mostly ASCII", false),
+        ContentTransferEncoding::QuotedPrintable
+    );
+    assert_eq!(
+        enc("Grüße, mostly ASCII", true),
+        ContentTransferEncoding::EightBit
+    );
+    assert_eq!(enc(&"ü".repeat(600), true), ContentTransferEncoding::Base64);
+    assert_eq!(
+        enc(&"Grüße from the whole team, ".repeat(60), true),
+        ContentTransferEncoding::QuotedPrintable
+    );
+    assert_eq!(
+        enc("日本語のテキスト", false),
+        ContentTransferEncoding::Base64
+    );
+    // CRLF line ends whatever came in.
+    assert_eq!(text_body("a\nb\rc\r\n", false).as_ref(), b"a\r\nb\r\nc\r\n");
+}
+
+#[test]
+fn markdown_html() {
+    let h = markdown_to_html("# T\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n~~old~~\n");
+    assert!(
+        h.contains("<h1>T</h1>") && h.contains("<table>") && h.contains("<del>old</del>"),
+        "{h}"
+    );
+}
+
+#[test]
+fn crlf_line_check_agrees_with_the_exact_one() {
+    use crate::template::RowError;
+    use crate::template::check_crlf_line_lengths as fast;
+    let lines = |lens: &[usize]| {
+        let mut d = Vec::new();
+        for &n in lens {
+            d.extend(std::iter::repeat_n(b'x', n));
+            d.extend_from_slice(b"\r\n");
+        }
+        d
+    };
+    assert_eq!(fast(&lines(&[998, 0, 998, 5, 997])), Ok(()));
+    assert_eq!(fast(&lines(&[76; 2000])), Ok(()));
+    assert_eq!(fast(&lines(&[])), Ok(()));
+    assert_eq!(
+        fast(&lines(&[10, 998, 999, 3])),
+        Err(RowError::LineTooLong {
+            line: 3,
+            length: 999
+        })
+    );
+    assert_eq!(
+        fast(&lines(
+            &[76; 300].iter().copied().chain([5000]).collect::<Vec<_>>()
+        )),
+        Err(RowError::LineTooLong {
+            line: 301,
+            length: 5000
+        })
+    );
+}
+
+#[test]
+fn shareable_between_threads() {
+    fn check<T: Send + Sync>() {}
+    check::<super::Composer>();
+    check::<super::Composed>();
+    check::<super::ComposeError>();
+    check::<super::SetupError>();
+}
