@@ -43,6 +43,7 @@
 //!   normalized to CRLF line endings and ends with CRLF. The message is not dot-stuffed.
 //! * A rendered line longer than 998 octets fails that row ([`RowError::LineTooLong`]).
 
+pub mod list;
 use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine as _;
