@@ -86,6 +86,17 @@ fn shards_equal_one_run(list: &str, rows: usize) {
         );
     }
     assert_eq!(read_report(&fx.path("shard-2.csv")).len(), 2);
+    // `{shard}` in --resume too: shard 2 again has nothing left to send.
+    let mut c = fx.send(&host_of(&sink));
+    c.args(["--list", "list.csv", "--template", "t.eml", "--dry-run"])
+        .args(["--shard", "auto/3", "--resume", "shard-{shard}.csv"])
+        .env("JOB_COMPLETION_INDEX", "1");
+    let out = run(c);
+    assert!(
+        out.stderr.contains("0 messages would be sent")
+            && out.stderr.contains("2 done by an earlier run"),
+        "{out}"
+    );
     let mut c = fx.cmd();
     c.args([
         "report",
