@@ -555,3 +555,45 @@ fn load_row_template(base: &Path, name: &str, headers: &[String]) -> Result<Temp
     let src = std::fs::read(&full).map_err(|e| format!("template {name:?}: {e}"))?;
     Template::parse(&src, name, headers).map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn k(arg: ShardArg, vars: &[(&str, &str)]) -> Result<u64, i32> {
+        resolve_shard(Some(arg), env(vars))
+            .map(|s| s.map_or(0, |s| s.k))
+            .map_err(|f| i32::from(f.exit.code()))
+    }
+
+    #[test]
+    fn auto_shards_come_from_kubernetes_then_slurm() {
+        let auto = ShardArg::Auto(4);
+        assert_eq!(k(auto, &[(K8S_INDEX_ENV, "0")]), Ok(1));
+        assert_eq!(k(auto, &[(K8S_INDEX_ENV, "3"), (SLURM_ID_ENV, "1")]), Ok(4));
+        assert_eq!(
+            k(auto, &[(SLURM_ID_ENV, "12"), (SLURM_MIN_ENV, "10")]),
+            Ok(3)
+        );
+        assert_eq!(k(auto, &[(SLURM_ID_ENV, "1"), (SLURM_MIN_ENV, "1")]), Ok(1));
+        for bad in [
+            &[][..],
+            &[(K8S_INDEX_ENV, "4")],
+            &[(K8S_INDEX_ENV, "x")],
+            &[(SLURM_ID_ENV, "3")],
+            &[(SLURM_ID_ENV, "2"), (SLURM_MIN_ENV, "3")],
+        ] {
+            assert_eq!(k(auto, bad), Err(64), "{bad:?}");
+        }
+        assert_eq!(k(ShardArg::Fixed(2, 3), &[(K8S_INDEX_ENV, "0")]), Ok(2));
+        assert!(resolve_shard(None, env(&[])).is_ok_and(|s| s.is_none()));
+    }
+}
