@@ -153,8 +153,14 @@ pub(crate) struct SendArgs {
     #[arg(long, short = 'l', value_name = "FILE")]
     pub(crate) list: String,
     /// Message template (headers, blank line, body) with {{ column }} placeholders; `-` for stdin.
+    /// Without it the list carries the message: `subject` and `body` (or `text`) columns, or a
+    /// `template` column naming a template file per row.
     #[arg(long, short = 't', value_name = "FILE")]
-    pub(crate) template: String,
+    pub(crate) template: Option<String>,
+    /// Where a list's `template` column finds its files (default: the list's directory);
+    /// a name never leaves this directory.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) template_dir: Option<PathBuf>,
     /// Envelope sender (default: the template's From address).
     #[arg(long, value_name = "ADDR")]
     pub(crate) from: Option<String>,
@@ -188,9 +194,12 @@ pub(crate) struct SendArgs {
     /// Send to a row even when its address repeats an earlier row's.
     #[arg(long)]
     pub(crate) allow_duplicates: bool,
-    /// Only this part of the list: K/N takes every row whose number is K modulo N.
-    #[arg(long, value_name = "K/N", value_parser = parse_shard)]
-    pub(crate) shard: Option<(u64, u64)>,
+    /// Only this part of the list: K/N takes every row whose number is K modulo N. `auto/N`
+    /// takes K from $JOB_COMPLETION_INDEX (Kubernetes Indexed Job: index + 1) or
+    /// $SLURM_ARRAY_TASK_ID - $SLURM_ARRAY_TASK_MIN + 1 (Slurm job array). `{shard}` in
+    /// --report and --resume paths becomes K.
+    #[arg(long, value_name = "K/N", value_parser = parse_shard_arg)]
+    pub(crate) shard: Option<ShardArg>,
     /// Render and check everything, print the first message and a count; connect to nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -365,6 +374,28 @@ pub(crate) fn parse_shard(s: &str) -> Result<(u64, u64), String> {
     Ok((k, n))
 }
 
+/// `--shard`: a fixed part, or `auto/N` (K from the job scheduler's environment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShardArg {
+    /// `K/N`.
+    Fixed(u64, u64),
+    /// `auto/N`.
+    Auto(u64),
+}
+
+pub(crate) fn parse_shard_arg(s: &str) -> Result<ShardArg, String> {
+    match s.trim().split_once('/') {
+        Some((k, n)) if k.trim().eq_ignore_ascii_case("auto") => {
+            let n: u64 = n.trim().parse().map_err(|_| format!("bad shard {s:?}"))?;
+            if n == 0 {
+                return Err(format!("bad shard {s:?}: N must be at least 1"));
+            }
+            Ok(ShardArg::Auto(n))
+        }
+        _ => parse_shard(s).map(|(k, n)| ShardArg::Fixed(k, n)),
+    }
+}
+
 /// `pipemail report …`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum ReportCommand {
@@ -453,6 +484,9 @@ mod tests {
                 && parse_shard("5/4").is_err()
                 && parse_shard("1/0").is_err()
         );
+        assert_eq!(parse_shard_arg("auto/3").unwrap(), ShardArg::Auto(3));
+        assert_eq!(parse_shard_arg("2/4").unwrap(), ShardArg::Fixed(2, 4));
+        assert!(parse_shard_arg("auto/0").is_err() && parse_shard_arg("auto").is_err());
         assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
         assert_eq!(parse_size("512kb").unwrap(), 512 << 10);
         assert!(parse_size("x").is_err());
@@ -480,7 +514,7 @@ mod tests {
         };
         assert_eq!(a.conn.host, "mx:2525");
         assert_eq!(a.rate, Some(10.0));
-        assert_eq!(a.shard, Some((1, 2)));
+        assert_eq!(a.shard, Some(ShardArg::Fixed(1, 2)));
         assert_eq!(a.conn.tls, TlsMode::Auto);
         assert!(
             Cli::try_parse_from([

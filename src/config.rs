@@ -145,12 +145,15 @@ pub(crate) fn local_hostname() -> String {
 use std::io::Read;
 use std::path::Path;
 
-use crate::cli::{FormatArg, SendArgs};
+use std::path::PathBuf;
+
+use crate::cli::{FormatArg, SendArgs, ShardArg};
 use crate::exit::for_input as input_exit;
-use pipemail::campaign::{Campaign, FromSource, ScheduleConfig, Shard};
+use pipemail::campaign::{Campaign, FromSource, RowTemplates, ScheduleConfig, Shard};
 use pipemail::input::{ListReader, scan_file};
 use pipemail::report::{Format, ResumeState};
 use pipemail::template::Template;
+use pipemail::template::list::ListMessage;
 
 /// A validated `send` run.
 pub(crate) struct SendPlan {
@@ -166,7 +169,10 @@ pub(crate) struct SendPlan {
 
 /// Reads and checks everything `send` needs before any connection is made.
 pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
-    if a.list == "-" && a.template == "-" {
+    let mut a = a;
+    let shard = resolve_shard(a.shard, |k| std::env::var(k).ok())?;
+    apply_shard_paths(&mut a, shard)?;
+    if a.list == "-" && a.template.as_deref() == Some("-") {
         return Err(fail(
             Exit::Usage,
             anyhow!("only one of --list and --template can be stdin (-)"),
@@ -174,24 +180,28 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
     }
     let conn = conn_plan(&a.conn)?;
     // Template text first (it is small); it is parsed once the list's columns are known.
-    let template_src = if a.template == "-" {
-        let mut v = Vec::new();
-        std::io::stdin().read_to_end(&mut v).map_err(|e| {
-            fail(
-                Exit::NoInput,
-                anyhow!("cannot read the template from stdin: {e}"),
-            )
-        })?;
-        v
-    } else {
-        std::fs::read(&a.template)
-            .with_context(|| format!("cannot read the template {}", a.template))
-            .map_err(|e| fail(Exit::NoInput, e))?
+    let template_src = match a.template.as_deref() {
+        None => None,
+        Some("-") => {
+            let mut v = Vec::new();
+            std::io::stdin().read_to_end(&mut v).map_err(|e| {
+                fail(
+                    Exit::NoInput,
+                    anyhow!("cannot read the template from stdin: {e}"),
+                )
+            })?;
+            Some(v)
+        }
+        Some(t) => Some(
+            std::fs::read(t)
+                .with_context(|| format!("cannot read the template {t}"))
+                .map_err(|e| fail(Exit::NoInput, e))?,
+        ),
     };
-    let template_name = if a.template == "-" {
-        "<stdin>".to_string()
-    } else {
-        a.template.clone()
+    let template_name = match a.template.as_deref() {
+        Some("-") => "<stdin>".to_string(),
+        Some(t) => t.to_string(),
+        None => String::new(),
     };
     // The list: a regular file is scanned whole first, so bad data stops the run before
     // any connection; stdin is checked as it streams.
@@ -212,6 +222,10 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
             ListReader::new(r, &a.list).map_err(|e| fail(input_exit(&e), e))?,
             Some(scan.rows),
         )
+    };
+    let Some(template_src) = template_src else {
+        let m = list_message_plan(&a, list.headers())?;
+        return finish_send_plan(a, conn, list, list_total, shard, m);
     };
     let template = Template::parse(&template_src, &template_name, list.headers())
         .map_err(|e| fail(Exit::DataErr, e))?;
@@ -237,6 +251,23 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
             ));
         }
     };
+    let m = MessagePlan {
+        template,
+        from,
+        row_templates: None,
+    };
+    finish_send_plan(a, conn, list, list_total, shard, m)
+}
+
+/// The rest of [`send_plan`], once the message is known.
+fn finish_send_plan(
+    a: SendArgs,
+    conn: ConnPlan,
+    list: ListReader<Box<dyn Read + Send>>,
+    list_total: Option<u64>,
+    shard: Option<Shard>,
+    m: MessagePlan,
+) -> Result<SendPlan, Failure> {
     let report = a.report.as_ref().map(|path| {
         let format = match a.format {
             Some(FormatArg::Csv) => Format::Csv,
@@ -246,23 +277,9 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         };
         (path.clone(), format)
     });
-    let resume = match &a.resume {
-        Some(p) => {
-            if !p.exists() {
-                return Err(fail(
-                    Exit::NoInput,
-                    anyhow!("--resume {}: no such file", p.display()),
-                ));
-            }
-            Some(
-                ResumeState::load(&p.display().to_string())
-                    .map_err(|e| fail(Exit::DataErr, anyhow!("--resume {}: {e}", p.display())))?,
-            )
-        }
-        None => None,
-    };
-    let shard = a.shard.map(|(k, of)| Shard { k, of });
-    let mut campaign = Campaign::new(conn.connect, list, template, from);
+    let resume = load_resume(a.resume.as_deref(), a.dry_run)?;
+    let mut campaign = Campaign::new(conn.connect, list, m.template, m.from);
+    campaign.row_templates = m.row_templates;
     campaign.report = report;
     campaign.resume = resume;
     campaign.skip_unknown = a.skip_unknown;
@@ -284,4 +301,299 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         verbose: conn.verbose,
         label: None,
     })
+}
+
+/// The message of a `send` run: its template, envelope sender, and per-row templates.
+struct MessagePlan {
+    template: Template,
+    from: FromSource,
+    row_templates: Option<RowTemplates>,
+}
+
+/// `--resume`: the earlier run's state; read-only for `--dry-run`, which writes nothing.
+fn load_resume(path: Option<&Path>, dry_run: bool) -> Result<Option<ResumeState>, Failure> {
+    let Some(p) = path else {
+        return Ok(None);
+    };
+    if !p.exists() {
+        return Err(fail(
+            Exit::NoInput,
+            anyhow!("--resume {}: no such file", p.display()),
+        ));
+    }
+    let name = p.display().to_string();
+    let state = if dry_run {
+        ResumeState::peek(&name)
+    } else {
+        ResumeState::load(&name)
+    };
+    state
+        .map(Some)
+        .map_err(|e| fail(Exit::DataErr, anyhow!("--resume {}: {e}", p.display())))
+}
+
+// ----- shards beyond one machine ------------------------------------------------------------
+
+/// Kubernetes Indexed Job: the pod's 0-based index.
+pub(crate) const K8S_INDEX_ENV: &str = "JOB_COMPLETION_INDEX";
+/// Slurm job array: this task's id, and the array's first id.
+pub(crate) const SLURM_ID_ENV: &str = "SLURM_ARRAY_TASK_ID";
+/// See [`SLURM_ID_ENV`].
+pub(crate) const SLURM_MIN_ENV: &str = "SLURM_ARRAY_TASK_MIN";
+
+/// `--shard K/N` or `auto/N` → the shard; `env` reads the environment.
+pub(crate) fn resolve_shard(
+    arg: Option<ShardArg>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<Shard>, Failure> {
+    let usage = |m: String| fail(Exit::Usage, anyhow!("--shard auto/{m}"));
+    let (k, of) = match arg {
+        None => return Ok(None),
+        Some(ShardArg::Fixed(k, of)) => (k, of),
+        Some(ShardArg::Auto(of)) => {
+            let num = |name: &str, v: String| -> Result<u64, Failure> {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| usage(format!("{of}: ${name} is {v:?}, not a number")))
+            };
+            let k = if let Some(v) = env(K8S_INDEX_ENV) {
+                num(K8S_INDEX_ENV, v)?.saturating_add(1)
+            } else if let Some(id) = env(SLURM_ID_ENV) {
+                let id = num(SLURM_ID_ENV, id)?;
+                let min = env(SLURM_MIN_ENV).ok_or_else(|| {
+                    usage(format!(
+                        "{of}: ${SLURM_ID_ENV} is set but ${SLURM_MIN_ENV} is not"
+                    ))
+                })?;
+                let min = num(SLURM_MIN_ENV, min)?;
+                id.checked_sub(min).map_or(0, |d| d.saturating_add(1))
+            } else {
+                return Err(usage(format!(
+                    "{of}: neither ${K8S_INDEX_ENV} (Kubernetes Indexed Job) nor ${SLURM_ID_ENV} (Slurm job array) is set; give --shard K/{of}"
+                )));
+            };
+            if k == 0 || k > of {
+                return Err(usage(format!(
+                    "{of}: this task is shard {k} by its environment, outside 1..={of} (is the job's completions or array size {of}?)"
+                )));
+            }
+            (k, of)
+        }
+    };
+    Ok(Some(Shard { k, of }))
+}
+
+/// `{shard}` in `--report` and `--resume` becomes the shard's K.
+fn apply_shard_paths(a: &mut SendArgs, shard: Option<Shard>) -> Result<(), Failure> {
+    const SHARD: &str = "{shard}";
+    let uses = a.report.as_deref().is_some_and(|r| r.contains(SHARD))
+        || a.resume
+            .as_deref()
+            .is_some_and(|r| r.to_string_lossy().contains(SHARD));
+    if !uses {
+        return Ok(());
+    }
+    let Some(s) = shard else {
+        return Err(fail(
+            Exit::Usage,
+            anyhow!("{SHARD} in --report or --resume needs --shard"),
+        ));
+    };
+    let k = s.k.to_string();
+    if let Some(r) = &mut a.report {
+        *r = r.replace(SHARD, &k);
+    }
+    if let Some(r) = &mut a.resume {
+        let text = r
+            .to_str()
+            .ok_or_else(|| fail(Exit::Usage, anyhow!("--resume {}: not UTF-8", r.display())))?;
+        *r = PathBuf::from(text.replace(SHARD, &k));
+    }
+    Ok(())
+}
+
+// ----- the list carries the message ---------------------------------------------------------
+
+/// No `--template`: the message comes from the list's columns, or a `template` column names
+/// a template file per row.
+fn list_message_plan(a: &SendArgs, headers: &[String]) -> Result<MessagePlan, Failure> {
+    if let Some(f) = &a.from {
+        engine::check_address(f).map_err(|e| fail(Exit::Usage, anyhow!("--from {f:?}: {e}")))?;
+    }
+    let list_name = if a.list == "-" {
+        "<stdin>"
+    } else {
+        a.list.as_str()
+    };
+    let lm = ListMessage::from_columns(headers, a.from.as_deref())
+        .map_err(|e| fail(Exit::Usage, anyhow!("{list_name}: {e}")))?;
+    let template = match lm.template(list_name, headers) {
+        Some(t) => t.map_err(|e| fail(Exit::DataErr, e))?,
+        // Only per-row templates: rows with an empty `template` value fail, so this one is
+        // never rendered.
+        None => Template::parse(b"X-Unused: 1\n\n", list_name, headers)
+            .map_err(|e| fail(Exit::Software, e))?,
+    };
+    let from = match (&a.from, lm.has_from, lm.source.is_some()) {
+        (Some(f), _, _) => FromSource::Fixed(f.clone()),
+        (None, true, _) | (None, false, false) => FromSource::PerRow,
+        (None, false, true) => {
+            return Err(fail(
+                Exit::Usage,
+                anyhow!("{list_name}: the list has no `from` column; give --from ADDR"),
+            ));
+        }
+    };
+    let row_templates = match lm.template_column {
+        None => None,
+        Some(column) => Some(row_templates(a, headers, column, lm.source.is_some())?),
+    };
+    Ok(MessagePlan {
+        template,
+        from,
+        row_templates,
+    })
+}
+
+/// Loads every template a regular-file list's `template` column names, once each.
+fn row_templates(
+    a: &SendArgs,
+    headers: &[String],
+    column: usize,
+    empty_uses_default: bool,
+) -> Result<RowTemplates, Failure> {
+    if a.list == "-" {
+        return Err(fail(
+            Exit::Usage,
+            anyhow!(
+                "a `template` column needs the list in a file (its templates are loaded before connecting), not stdin; or give --template"
+            ),
+        ));
+    }
+    let list_path = Path::new(&a.list);
+    let base = match &a.template_dir {
+        Some(d) => d.clone(),
+        None => list_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
+    let base = base.canonicalize().map_err(|e| {
+        fail(
+            Exit::NoInput,
+            anyhow!("template directory {}: {e}", base.display()),
+        )
+    })?;
+    // Distinct names and their row counts.
+    let mut reader = ListReader::open(list_path).map_err(|e| fail(input_exit(&e), e))?;
+    let mut names: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut rows = 0u64;
+    while let Some(row) = reader.next_row() {
+        let row = row.map_err(|e| fail(input_exit(&e), e))?;
+        rows += 1;
+        let v = row.fields.get(column).map_or("", |v| v.trim());
+        *names.entry(v.to_owned()).or_insert(0) += 1;
+    }
+    let mut templates = std::collections::HashMap::new();
+    let mut failing = 0u64;
+    let mut first_error = None;
+    for (name, count) in &names {
+        if name.is_empty() {
+            if !empty_uses_default {
+                failing += count;
+                first_error.get_or_insert_with(|| "a row's template column is empty".to_owned());
+            }
+            continue;
+        }
+        let loaded = load_row_template(&base, name, headers);
+        if let Err(why) = &loaded {
+            failing += count;
+            first_error.get_or_insert_with(|| why.clone());
+        }
+        templates.insert(name.clone(), loaded);
+    }
+    if rows > 0 && failing == rows {
+        return Err(fail(
+            Exit::DataErr,
+            anyhow!(
+                "{}: every row would fail: {}",
+                a.list,
+                first_error.unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(RowTemplates {
+        column,
+        templates,
+        empty_uses_default,
+    })
+}
+
+/// Reads and parses the template `name` under `base` (canonical); never outside it.
+fn load_row_template(base: &Path, name: &str, headers: &[String]) -> Result<Template, String> {
+    use std::path::Component;
+    let rel = Path::new(name);
+    if rel
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "template {name:?}: must be a relative path inside {}",
+            base.display()
+        ));
+    }
+    let full = base
+        .join(rel)
+        .canonicalize()
+        .map_err(|e| format!("template {name:?}: {e}"))?;
+    if !full.starts_with(base) || !full.is_file() {
+        return Err(format!(
+            "template {name:?}: not a file inside {}",
+            base.display()
+        ));
+    }
+    let src = std::fs::read(&full).map_err(|e| format!("template {name:?}: {e}"))?;
+    Template::parse(&src, name, headers).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn k(arg: ShardArg, vars: &[(&str, &str)]) -> Result<u64, i32> {
+        resolve_shard(Some(arg), env(vars))
+            .map(|s| s.map_or(0, |s| s.k))
+            .map_err(|f| i32::from(f.exit.code()))
+    }
+
+    #[test]
+    fn auto_shards_come_from_kubernetes_then_slurm() {
+        let auto = ShardArg::Auto(4);
+        assert_eq!(k(auto, &[(K8S_INDEX_ENV, "0")]), Ok(1));
+        assert_eq!(k(auto, &[(K8S_INDEX_ENV, "3"), (SLURM_ID_ENV, "1")]), Ok(4));
+        assert_eq!(
+            k(auto, &[(SLURM_ID_ENV, "12"), (SLURM_MIN_ENV, "10")]),
+            Ok(3)
+        );
+        assert_eq!(k(auto, &[(SLURM_ID_ENV, "1"), (SLURM_MIN_ENV, "1")]), Ok(1));
+        for bad in [
+            &[][..],
+            &[(K8S_INDEX_ENV, "4")],
+            &[(K8S_INDEX_ENV, "x")],
+            &[(SLURM_ID_ENV, "3")],
+            &[(SLURM_ID_ENV, "2"), (SLURM_MIN_ENV, "3")],
+        ] {
+            assert_eq!(k(auto, bad), Err(64), "{bad:?}");
+        }
+        assert_eq!(k(ShardArg::Fixed(2, 3), &[(K8S_INDEX_ENV, "0")]), Ok(2));
+        assert!(resolve_shard(None, env(&[])).is_ok_and(|s| s.is_none()));
+    }
 }

@@ -10,6 +10,73 @@ use pipemail::campaign::{RoundTrips, Tally};
 
 pub(crate) struct Progress {
     bar: ProgressBar,
+    /// Columns taken by the prefix (the demo's label).
+    prefix_width: usize,
+    /// A known total: the line has a bar and an ETA.
+    bounded: bool,
+}
+
+/// Columns the line may use: the terminal's width (`$COLUMNS` when the bar is forced onto
+/// something that is not a terminal), 80 when unknown.
+fn term_width() -> usize {
+    let tty = (!forced())
+        .then(|| console::Term::stderr().size_checked())
+        .flatten();
+    if let Some((_, cols)) = tty {
+        return usize::from(cols).max(20);
+    }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&c| c >= 20)
+        .unwrap_or(80)
+}
+
+/// Whole messages per second: "43/s".
+fn rate(per_sec: f64) -> String {
+    if per_sec.is_finite() && per_sec > 0.0 {
+        format!("{per_sec:.0}/s")
+    } else {
+        "0/s".to_owned()
+    }
+}
+
+/// The message after the counters: the longest form that fits in `room` columns, from
+/// "sent 9 failed 0 · 412 round trips instead of 4,012, 90% saved" down to "90% saved"
+/// (and nothing when even that does not fit).
+pub(crate) fn status_text(sent: u64, failed: u64, rt: RoundTrips, room: usize) -> String {
+    let counts = format!("sent {} failed {}", thousands(sent), thousands(failed));
+    let mut forms = Vec::new();
+    if rt.lockstep > 0 {
+        let pct = saved_pct(rt.used, rt.lockstep);
+        forms.push(format!("{counts} · {}", saved(rt.used, rt.lockstep)));
+        forms.push(format!("{counts} · {pct}% round trips saved"));
+        forms.push(format!("{counts} · {pct}% saved"));
+        forms.push(format!(
+            "{} ok {} failed {pct}% saved",
+            thousands(sent),
+            thousands(failed)
+        ));
+        forms.push(format!("{pct}% saved"));
+    } else {
+        forms.push(counts);
+        forms.push(format!(
+            "{} ok {} failed",
+            thousands(sent),
+            thousands(failed)
+        ));
+    }
+    forms
+        .into_iter()
+        .find(|f| f.chars().count() <= room)
+        .unwrap_or_default()
+}
+
+fn saved_pct(used: u64, lockstep: u64) -> u64 {
+    if lockstep == 0 || used >= lockstep {
+        return 0;
+    }
+    (100.0 * (1.0 - used as f64 / lockstep as f64)).round() as u64
 }
 
 /// Should the bar be drawn?
@@ -49,7 +116,7 @@ impl ForcedStderr {
 
 impl TermLike for ForcedStderr {
     fn width(&self) -> u16 {
-        100
+        u16::try_from(term_width()).unwrap_or(u16::MAX)
     }
 
     fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
@@ -116,6 +183,8 @@ impl Progress {
         if !enabled(quiet) {
             return Self {
                 bar: ProgressBar::hidden(),
+                prefix_width: 0,
+                bounded: false,
             };
         }
         let target = if forced() {
@@ -124,36 +193,56 @@ impl Progress {
             ProgressDrawTarget::stderr()
         };
         let bar = ProgressBar::with_draw_target(total, target);
+        // The bar takes what the text leaves (`wide_bar`); `update` sizes the text so the
+        // line never wraps, since a wrapped line scrolls instead of redrawing.
         let template = if total.is_some() {
-            "{prefix}{bar:30.cyan/blue} {pos}/{len} {per_sec} ETA {eta} {msg}"
+            "{prefix}{wide_bar:.cyan/blue} {pos}/{len} {rate} ETA {eta} {msg}"
         } else {
-            "{prefix}{spinner} {pos} rows {per_sec} {msg}"
+            "{prefix}{spinner} {pos} rows {rate} {msg}"
         };
         if let Ok(style) = ProgressStyle::with_template(template) {
+            let style = style.with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&rate(s.per_sec()));
+                },
+            );
             bar.set_style(style.progress_chars("=> "));
         }
+        let mut prefix_width = 0;
         if let Some(l) = label {
-            bar.set_prefix(format!("{l:<10} "));
+            let p = format!("{l:<10} ");
+            prefix_width = p.chars().count();
+            bar.set_prefix(p);
         }
         bar.enable_steady_tick(Duration::from_millis(200));
-        Self { bar }
+        Self {
+            bar,
+            prefix_width,
+            bounded: total.is_some(),
+        }
     }
 
     pub(crate) fn update(&self, s: &Tally, rt: RoundTrips) {
-        let (rt_used, rt_lockstep) = (rt.used, rt.lockstep);
         if self.bar.is_hidden() {
             return;
         }
         self.bar.set_position(s.rows);
-        let mut msg = format!(
-            "sent {} failed {}",
-            s.sent,
-            s.failed + s.deferred + s.unknown
-        );
-        if rt_lockstep > 0 {
-            msg += &format!(" · {}", saved(rt_used, rt_lockstep));
+        // Everything on the line but the message and the bar, with room for the rate and
+        // the ETA to grow a little before the next update; one column spare.
+        let counter = match self.bar.length() {
+            Some(len) => format!("{}/{len}", s.rows),
+            None => format!("{} rows", s.rows),
+        };
+        let mut used =
+            self.prefix_width + 1 + counter.len() + 1 + rate(self.bar.per_sec()).len() + 3 + 1;
+        if self.bounded {
+            // " ETA 12m" (up to 6 columns of duration) and a bar of at least 10.
+            used += 5 + 6 + 10;
         }
-        self.bar.set_message(msg);
+        let room = term_width().saturating_sub(used + 1);
+        let failed = s.failed + s.deferred + s.unknown;
+        self.bar.set_message(status_text(s.sent, failed, rt, room));
     }
 
     pub(crate) fn finish(&self) {
@@ -174,5 +263,33 @@ mod tests {
             saved(412, 4012),
             "412 round trips instead of 4,012, 90% saved"
         );
+    }
+
+    #[test]
+    fn status_text_shortens_to_fit_and_keeps_the_saving() {
+        let rt = RoundTrips {
+            used: 412,
+            lockstep: 4012,
+        };
+        let all = status_text(1200, 3, rt, 200);
+        assert_eq!(
+            all,
+            "sent 1,200 failed 3 · 412 round trips instead of 4,012, 90% saved"
+        );
+        assert_eq!(
+            status_text(1200, 3, rt, 45),
+            "sent 1,200 failed 3 · 90% round trips saved"
+        );
+        assert_eq!(
+            status_text(1200, 3, rt, 32),
+            "sent 1,200 failed 3 · 90% saved"
+        );
+        assert_eq!(status_text(1200, 3, rt, 28), "1,200 ok 3 failed 90% saved");
+        assert_eq!(status_text(1200, 3, rt, 10), "90% saved");
+        assert_eq!(status_text(1200, 3, rt, 5), "");
+        for room in 0..80 {
+            assert!(status_text(1200, 3, rt, room).chars().count() <= room);
+        }
+        assert_eq!(rate(42.5704), "43/s");
     }
 }

@@ -143,8 +143,13 @@ pub(crate) fn dry_run(plan: SendPlan) -> Result<Exit, Failure> {
     if let Some(e) = out_err {
         return Err(Failure::new(Exit::IoErr, e));
     }
+    let already = if counts.already > 0 {
+        format!(", {} done by an earlier run", counts.already)
+    } else {
+        String::new()
+    };
     eprintln!(
-        "pipemail: dry run: {} messages would be sent, {} rows fail, {} duplicates skipped; nothing was sent",
+        "pipemail: dry run: {} messages would be sent, {} rows fail, {} duplicates skipped{already}; nothing was sent",
         counts.ok, counts.failed, counts.skipped
     );
     if counts.sanitized > 0 {

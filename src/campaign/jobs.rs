@@ -73,7 +73,15 @@ impl JobFilter {
     }
 
     /// Decides one row.
+    ///
+    /// Every row of the whole list passes the duplicate check, other shards' rows too, so a
+    /// shard skips a row whose address appeared on an earlier row of the list even when that
+    /// row belongs to another shard: N shard reports merged equal a one-machine run.
     pub fn decide(&mut self, row: Row) -> Decision {
+        let first = match &mut self.dups {
+            Some(dups) if row.problem.is_none() => dups.check(&row.email, row.number),
+            _ => None,
+        };
         if self.shard.is_some_and(|s| !s.takes(row.number)) {
             return Decision::OtherShard;
         }
@@ -82,9 +90,7 @@ impl JobFilter {
             r.response = p.clone();
             return Decision::Report(r);
         }
-        if let Some(dups) = &mut self.dups
-            && let Some(first) = dups.check(&row.email, row.number)
-        {
+        if let Some(first) = first {
             let mut r = row_report(&row, Status::Skipped, None, 0);
             r.response = format!("duplicate of row {first}");
             return Decision::Report(r);
@@ -202,6 +208,24 @@ mod tests {
                 "skipped duplicate of row 1",
                 "send 7"
             ]
+        );
+    }
+
+    #[test]
+    fn a_shard_skips_an_address_first_seen_in_another_shard() {
+        let mut f = JobFilter::new(Some(Shard { k: 2, of: 2 }), false, None, false);
+        let got: Vec<String> = [
+            row(1, "a@example.net"),
+            row(2, "b@example.net"),
+            row(3, "x@example.net"),
+            row(4, "A@example.net"),
+        ]
+        .into_iter()
+        .map(|r| kind(&f.decide(r)))
+        .collect();
+        assert_eq!(
+            got,
+            ["shard", "send 2", "shard", "skipped duplicate of row 1"]
         );
     }
 

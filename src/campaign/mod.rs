@@ -49,7 +49,7 @@ use crate::report::{Format, ResumeState};
 use crate::template::Template;
 
 pub use jobs::{Decision, JobFilter, Shard};
-pub use render::{FromSource, Renderer};
+pub use render::{FromSource, Renderer, RowTemplates};
 pub use schedule::{Handled, Job, Poll, Schedule, ScheduleConfig, Verdict, backoff};
 
 /// The list as the campaign reads it.
@@ -79,6 +79,8 @@ pub struct Campaign {
     pub allow_duplicates: bool,
     /// Only this shard's rows.
     pub shard: Option<Shard>,
+    /// Per-row templates chosen by the list's `template` column.
+    pub row_templates: Option<RowTemplates>,
     /// Handle Ctrl-C: first stop taking messages and drain, second abort
     /// ([`Observer::interrupted`], [`Observer::aborted`]).
     pub handle_ctrl_c: bool,
@@ -100,6 +102,7 @@ impl Campaign {
             schedule: ScheduleConfig::default(),
             allow_duplicates: false,
             shard: None,
+            row_templates: None,
             handle_ctrl_c: false,
             stopper: Stopper::default(),
         }
@@ -117,12 +120,19 @@ impl Campaign {
     }
 
     /// `--dry-run`: decides and renders every row (as for a server without SMTPUTF8) with the
-    /// same filters as a run (resume aside), connecting to nothing. `on` sees the first
-    /// message and each row that would fail.
+    /// same filters as a run, `--resume` included, connecting to nothing and writing nothing
+    /// (load the resume state with [`ResumeState::peek`]). `on` sees the first message and
+    /// each row that would fail.
     pub fn dry_run(mut self, mut on: impl FnMut(DryRunEvent<'_>)) -> Result<DryRun, CampaignError> {
         let headers = self.list.headers().to_vec();
-        let renderer = Renderer::new(self.template, headers, self.from);
-        let mut filter = JobFilter::new(self.shard, self.allow_duplicates, None, false);
+        let renderer =
+            Renderer::new(self.template, headers, self.from).with_row_templates(self.row_templates);
+        let mut filter = JobFilter::new(
+            self.shard,
+            self.allow_duplicates,
+            self.resume.take(),
+            self.skip_unknown,
+        );
         let mut counts = DryRun::default();
         while let Some(item) = self.list.next_row() {
             let row = item.map_err(CampaignError::List)?;
@@ -131,6 +141,15 @@ impl Campaign {
                 Decision::OtherShard => continue,
                 Decision::Report(r) if r.status == crate::report::Status::Skipped => {
                     counts.skipped += 1;
+                    continue;
+                }
+                Decision::Report(r)
+                    if matches!(
+                        r.status,
+                        crate::report::Status::Sent | crate::report::Status::Unknown
+                    ) =>
+                {
+                    counts.already += 1;
                     continue;
                 }
                 Decision::Report(r) => {
@@ -260,6 +279,8 @@ pub struct DryRun {
     pub skipped: u64,
     /// Rows whose header values had control characters replaced.
     pub sanitized: u64,
+    /// Rows an earlier run (`--resume`) already sent, or left `unknown` with `--skip-unknown`.
+    pub already: u64,
 }
 
 /// Report-row counts so far, as the report thread sees them.

@@ -30,13 +30,46 @@ pub struct Rendered {
     pub sanitized: bool,
 }
 
-/// Renders rows of one list with one template.
+/// A list's `template` column: each row names its template file.
+#[derive(Debug)]
+pub struct RowTemplates {
+    /// Index of the `template` column.
+    pub column: usize,
+    /// Each distinct value of the column: its template, or why it cannot be used (the row
+    /// then fails at stage `input`).
+    pub templates: std::collections::HashMap<String, Result<Template, String>>,
+    /// Rows with an empty `template` value use the campaign's template (the list also has
+    /// `subject` and `body` columns); otherwise they fail.
+    pub empty_uses_default: bool,
+}
+
+impl RowTemplates {
+    /// The template for `row`: `Ok(None)` for the campaign's own.
+    fn pick(&self, row: &Row) -> Result<Option<&Template>, String> {
+        let name = row.fields.get(self.column).map_or("", |v| v.trim());
+        if name.is_empty() {
+            return if self.empty_uses_default {
+                Ok(None)
+            } else {
+                Err("the template column is empty".to_owned())
+            };
+        }
+        match self.templates.get(name) {
+            Some(Ok(t)) => Ok(Some(t)),
+            Some(Err(why)) => Err(why.clone()),
+            None => Err(format!("template {name:?} was not loaded")),
+        }
+    }
+}
+
+/// Renders rows of one list with one template (or one per row, see [`RowTemplates`]).
 #[derive(Debug)]
 pub struct Renderer {
     template: Template,
     headers: Vec<String>,
     from: FromSource,
     message_id_domain: Option<String>,
+    row_templates: Option<RowTemplates>,
 }
 
 impl Renderer {
@@ -51,6 +84,21 @@ impl Renderer {
             headers,
             from,
             message_id_domain,
+            row_templates: None,
+        }
+    }
+
+    /// Chooses each row's template by the list's `template` column.
+    pub fn with_row_templates(mut self, row_templates: Option<RowTemplates>) -> Self {
+        self.row_templates = row_templates;
+        self
+    }
+
+    /// The template for `row`.
+    fn template_for(&self, row: &Row) -> Result<&Template, String> {
+        match &self.row_templates {
+            None => Ok(&self.template),
+            Some(rt) => Ok(rt.pick(row)?.unwrap_or(&self.template)),
         }
     }
 
@@ -67,7 +115,7 @@ impl Renderer {
             message_id_domain: self.message_id_domain.clone(),
         };
         let rendered = self
-            .template
+            .template_for(row)?
             .render(row, &self.headers, &opts)
             .map_err(|e| e.to_string())?;
         let from = match &self.from {
@@ -98,7 +146,7 @@ impl Renderer {
             now,
             message_id_domain: None,
         };
-        self.template
+        self.template_for(row)?
             .render(row, &self.headers, &opts)
             .map_err(|e| e.to_string())
     }

@@ -239,7 +239,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
     let stopper = c.stopper.clone();
     let ctx = Arc::new(Ctx {
         connect: c.connect,
-        renderer: Renderer::new(c.template, headers, c.from),
+        renderer: Renderer::new(c.template, headers, c.from).with_row_templates(c.row_templates),
         queue: Arc::clone(&queue),
         report: report_tx,
         journal: journal.map(Mutex::new),

@@ -182,7 +182,8 @@ fn dry_run_uses_the_same_filters() {
             ok: 2,
             failed: 1,
             skipped: 1,
-            sanitized: 0
+            sanitized: 0,
+            already: 0
         }
     );
     assert_eq!(problems, [2]);

@@ -58,12 +58,38 @@ pub enum PreviousOutcome {
 #[derive(Debug)]
 pub struct ResumeState {
     carry_path: PathBuf,
-    carry: Mutex<BufReader<File>>,
+    carry: Mutex<Carry>,
+    /// Loaded by [`ResumeState::peek`]: nothing on disk belongs to this state.
+    read_only: bool,
     /// Sorted by key; the value is `offset << 1 | sent`.
     entries: Vec<(u64, u64)>,
     index: Vec<u32>,
     sent: u64,
     unknown: u64,
+}
+
+/// Where the carried rows are read back from: the carry file, or (for
+/// [`ResumeState::peek`]) memory.
+#[derive(Debug)]
+enum Carry {
+    File(BufReader<File>),
+    Memory(io::Cursor<Vec<u8>>),
+}
+
+impl Carry {
+    fn seek_read_line(&mut self, offset: u64, line: &mut Vec<u8>) -> io::Result<()> {
+        match self {
+            Self::File(r) => {
+                r.seek(SeekFrom::Start(offset))?;
+                Read::by_ref(r).take(1 << 20).read_until(b'\n', line)?;
+            }
+            Self::Memory(r) => {
+                r.seek(SeekFrom::Start(offset))?;
+                Read::by_ref(r).take(1 << 20).read_until(b'\n', line)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Fixed-size bitset of row numbers, growing on demand (row numbers past 2³² are ignored).
@@ -254,6 +280,16 @@ impl ResumeState {
     /// `<report>.journal`. Writes a new carry file and removes the journal (see the module
     /// documentation). Must be called before the new run creates its report and journal.
     pub fn load(report_path: &str) -> Result<Self, ReportError> {
+        Self::load_with(report_path, true)
+    }
+
+    /// Like [`ResumeState::load`], but read-only (for `--dry-run`): the carried rows are kept
+    /// in memory, no carry file is written and the journal is left where it is.
+    pub fn peek(report_path: &str) -> Result<Self, ReportError> {
+        Self::load_with(report_path, false)
+    }
+
+    fn load_with(report_path: &str, write: bool) -> Result<Self, ReportError> {
         if report_path == "-" {
             return Err(ReportError::Stdout);
         }
@@ -270,15 +306,24 @@ impl ResumeState {
             let path = p.display().to_string();
             move |error| ReportError::Io { path, error }
         };
-        let mut out = BufWriter::new(File::create(&tmp).map_err(io_at(&tmp))?);
+        let mut out: BufWriter<Box<dyn Write>> = if write {
+            BufWriter::new(Box::new(File::create(&tmp).map_err(io_at(&tmp))?))
+        } else {
+            BufWriter::new(Box::new(io::sink()))
+        };
+        let mut memory: Vec<u8> = Vec::new();
         let mut count = 0u64;
         let mut line = Vec::with_capacity(512);
-        let mut keep = |row: &ReportRow, out: &mut BufWriter<File>| -> io::Result<()> {
+        let mut keep = |row: &ReportRow, out: &mut BufWriter<Box<dyn Write>>| -> io::Result<()> {
             if matches!(row.status, Status::Sent | Status::Unknown) {
                 line.clear();
                 serde_json::to_writer(&mut line, row)?;
                 line.push(b'\n');
-                out.write_all(&line)?;
+                if write {
+                    out.write_all(&line)?;
+                } else {
+                    memory.extend_from_slice(&line);
+                }
                 count += 1;
             }
             Ok(())
@@ -316,18 +361,27 @@ impl ResumeState {
             result.map_err(io_at(&tmp))?;
         }
         drop(in_report);
-        let file = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_at(&tmp))?;
-        drop(file);
-        fs::rename(&tmp, &carry).map_err(io_at(&carry))?;
-        if journal.exists() {
-            remove_if_exists(&journal).map_err(io_at(&journal))?;
+        let out = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
+        drop(out);
+        if write {
+            // The temporary file is complete once its writer is dropped; sync it by path.
+            File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_at(&tmp))?;
+            fs::rename(&tmp, &carry).map_err(io_at(&carry))?;
+            if journal.exists() {
+                remove_if_exists(&journal).map_err(io_at(&journal))?;
+            }
         }
 
         // Index the carry file: (address key, offset << 1 | sent).
         let capacity = usize::try_from(count).unwrap_or(usize::MAX);
         let mut entries: Vec<(u64, u64)> = Vec::with_capacity(capacity);
-        let mut reader = BufReader::new(File::open(&carry).map_err(io_at(&carry))?);
+        let mut reader: Box<dyn BufRead> = if write {
+            Box::new(BufReader::new(File::open(&carry).map_err(io_at(&carry))?))
+        } else {
+            Box::new(io::Cursor::new(memory.as_slice()))
+        };
         let mut text = String::new();
         let mut offset = 0u64;
         loop {
@@ -349,10 +403,16 @@ impl ResumeState {
         let sent = entries.iter().filter(|e| e.1 & 1 == 1).count() as u64;
         let unknown = entries.len() as u64 - sent;
         let index = bucket_index(entries.iter().map(|e| e.0));
-        let carry_file = File::open(&carry).map_err(io_at(&carry))?;
+        drop(reader);
+        let backing = if write {
+            Carry::File(BufReader::new(File::open(&carry).map_err(io_at(&carry))?))
+        } else {
+            Carry::Memory(io::Cursor::new(memory))
+        };
         Ok(Self {
             carry_path: carry,
-            carry: Mutex::new(BufReader::new(carry_file)),
+            carry: Mutex::new(backing),
+            read_only: !write,
             entries,
             index,
             sent,
@@ -411,14 +471,9 @@ impl ResumeState {
             .carry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        reader
-            .seek(SeekFrom::Start(offset))
-            .map_err(|e| e.to_string())?;
         let mut line = Vec::new();
         reader
-            .by_ref()
-            .take(1 << 20)
-            .read_until(b'\n', &mut line)
+            .seek_read_line(offset, &mut line)
             .map_err(|e| e.to_string())?;
         serde_json::from_slice(&line).map_err(|e| e.to_string())
     }
@@ -426,6 +481,9 @@ impl ResumeState {
     /// Removes the carry file after the resumed run completed.
     pub fn finish(self) -> io::Result<()> {
         drop(self.carry);
+        if self.read_only {
+            return Ok(());
+        }
         remove_if_exists(&self.carry_path)
     }
 }

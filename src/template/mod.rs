@@ -53,6 +53,7 @@ mod address;
 mod header;
 mod jinja;
 mod lines;
+pub mod list;
 mod render;
 #[cfg(test)]
 mod tests;

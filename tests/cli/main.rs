@@ -17,6 +17,8 @@ mod util;
 mod delivery;
 mod exit_codes;
 mod input;
+mod ops;
+mod ops_list;
 mod resume;
 mod sessions;
 
