@@ -64,7 +64,9 @@ mod stepdown;
 mod tests;
 
 pub use command::{AddressError, MailParams, RawCommand, Verb, check_address};
-pub use config::{Config, Credentials, PipeliningPolicy, Secret, Timeouts, TlsPolicy};
+pub use config::{
+    AuthMechanism, Config, Credentials, PipeliningPolicy, Secret, Timeouts, TlsPolicy,
+};
 pub use ehlo::{Capabilities, Extensions};
 pub use error::{
     AuthOffer, IoFailure, ProtocolError, SessionError, TlsFailure, TlsFailureKind, TlsRefusal,
