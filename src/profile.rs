@@ -354,6 +354,15 @@ pub(crate) fn layer(argv: Vec<OsString>) -> Result<Layered, Failure> {
         if higher(source_of(sub, arg.get_id().as_str())) {
             continue;
         }
+        // A flag or variable that excludes this one (`--require-pipelining` against a
+        // profile's `no-pipelining`) overrides it too.
+        let overridden = subcmd
+            .get_arg_conflicts_with(arg)
+            .iter()
+            .any(|c| higher(source_of(sub, c.get_id().as_str())));
+        if overridden {
+            continue;
+        }
         let Some(flags) = tokens(&key, &value) else {
             continue; // checked when the file was loaded
         };
@@ -424,7 +433,7 @@ pub(crate) fn show(a: &crate::cli::ConfigShowArgs) -> Result<String, Failure> {
         let shown = |v: &String| -> String {
             if secret {
                 "\"****\"".into()
-            } else if v == "true" || v == "false" {
+            } else if v == "true" || v == "false" || v.parse::<f64>().is_ok_and(f64::is_finite) {
                 v.clone()
             } else {
                 toml::Value::String(v.clone()).to_string()

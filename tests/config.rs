@@ -71,10 +71,10 @@ fn precedence_table() {
             "flag={flag} env={env} profile={profile} defaults={defaults}\n{out}"
         );
         let want_retries = [
-            (flag, "retries = \"9\"  # flag"),
-            (profile, "retries = \"8\"  # profile"),
-            (defaults, "retries = \"7\"  # defaults"),
-            (true, "retries = \"3\"  # built-in"),
+            (flag, "retries = 9  # flag"),
+            (profile, "retries = 8  # profile"),
+            (defaults, "retries = 7  # defaults"),
+            (true, "retries = 3  # built-in"),
         ]
         .into_iter()
         .find(|(on, _)| *on)
@@ -370,4 +370,74 @@ fn password_command_failures_exit_69_before_any_mail() {
         .args(["--password-command", "true", "--password-file", "p"])
         .args(["--list", "list.csv", "--template", "t.eml"]);
     expect_code(&run(c), 64);
+}
+
+/// A flag that excludes a profile's flag overrides it instead of clashing with it.
+#[test]
+fn a_conflicting_flag_overrides_the_profile() {
+    let fx = Fx::new();
+    config(&fx, "[profile.p]\nno-pipelining = true\n");
+    let mut c = fx.cmd();
+    c.args([
+        "config",
+        "show",
+        "--config",
+        "config.toml",
+        "--profile",
+        "p",
+    ]);
+    let out = run(c);
+    assert!(
+        out.stdout_text()
+            .contains("no-pipelining = true  # profile"),
+        "{out}"
+    );
+    let mut c = fx.cmd();
+    c.args([
+        "config",
+        "show",
+        "--config",
+        "config.toml",
+        "--profile",
+        "p",
+    ])
+    .args(["--", "--require-pipelining"]);
+    let out = run(c);
+    expect_code(&out, 0);
+    assert!(
+        out.stdout_text()
+            .contains("no-pipelining = false  # built-in"),
+        "{out}"
+    );
+    assert!(
+        out.stdout_text()
+            .contains("require-pipelining = true  # flag"),
+        "{out}"
+    );
+}
+
+/// `check-server` takes its flags from the profile too; keys of `send` alone are ignored there.
+#[test]
+fn check_server_uses_the_profile() {
+    let fx = Fx::new();
+    let sink = util::mem_sink();
+    config(
+        &fx,
+        &format!(
+            "[profile.p]\nhost = \"{}\"\ntls = \"none\"\nconnections = 4\nprobes = 2\n",
+            host_of(&sink)
+        ),
+    );
+    let mut c = fx.cmd();
+    c.args([
+        "check-server",
+        "--config",
+        "config.toml",
+        "--profile",
+        "p",
+        "--json",
+    ]);
+    let out = run(c);
+    expect_code(&out, 0);
+    assert!(out.stdout_text().contains("PIPELINING"), "{out}");
 }
