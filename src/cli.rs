@@ -528,6 +528,51 @@ mod tests {
     }
 
     #[test]
+    fn auth_and_profile_flags() {
+        let base = [
+            "pipemail",
+            "send",
+            "--host",
+            "h",
+            "--list",
+            "l",
+            "--template",
+            "t",
+        ];
+        let parse = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Cli::try_parse_from(args)
+        };
+        let cli = parse(&[
+            "--auth-mech",
+            "oauthbearer",
+            "--token-command",
+            "oauth2l fetch",
+            "--secret-timeout",
+            "5s",
+            "--profile",
+            "news",
+            "--config",
+            "c.toml",
+        ])
+        .unwrap();
+        let Command::Send(a) = cli.command else {
+            panic!("not send")
+        };
+        assert_eq!(a.conn.auth_mech, Some(AuthMechArg::Oauthbearer));
+        assert_eq!(a.conn.token_command.as_deref(), Some("oauth2l fetch"));
+        assert_eq!(a.conn.secret_timeout, Duration::from_secs(5));
+        assert_eq!(a.conn.profile.as_deref(), Some("news"));
+        assert!(a.conn.config_password.is_none(), "never from argv");
+        for m in ["plain", "login", "xoauth2"] {
+            assert!(parse(&["--auth-mech", m]).is_ok(), "{m}");
+        }
+        assert!(parse(&["--auth-mech", "cram-md5"]).is_err());
+        assert!(parse(&["--password-command", "a", "--password-file", "b"]).is_err());
+        assert!(parse(&["--password", "x"]).is_err(), "no password flag");
+    }
+
+    #[test]
     fn send_flags() {
         let cli = Cli::try_parse_from([
             "pipemail",
