@@ -41,6 +41,31 @@ pub(crate) enum Command {
     /// Read finished reports: summary, merge shards, HTML page.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// The config file: show the settings a profile gives (secrets masked).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `pipemail config …`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print the settings `pipemail send` would use, each with where it came from (flag, env,
+    /// profile, defaults, built-in); secrets are shown as ****.
+    Show(ConfigShowArgs),
+}
+
+/// Flags of `pipemail config show`.
+#[derive(Debug, Args)]
+pub(crate) struct ConfigShowArgs {
+    /// The config file (default: $XDG_CONFIG_HOME/pipemail/config.toml, else ~/.config/…).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// The profile to show.
+    #[arg(long, value_name = "NAME", env = "PIPEMAIL_PROFILE")]
+    pub(crate) profile: Option<String>,
+    /// `send` flags to layer on top, after `--` (e.g. `-- --host mx.example`).
+    #[arg(last = true, value_name = "FLAGS")]
+    pub(crate) flags: Vec<String>,
 }
 
 /// Flags of `pipemail bounces`.
@@ -104,6 +129,32 @@ pub(crate) struct ConnArgs {
     /// Allow AUTH over an unencrypted connection (refused by default).
     #[arg(long)]
     pub(crate) allow_plaintext_auth: bool,
+    /// Run CMD and use the first line it prints as the AUTH password (run without a shell,
+    /// split like a shell would; use `sh -c '…'` for pipes). Failure, a timeout or no output
+    /// is exit 69 before any mail is sent.
+    #[arg(long, value_name = "CMD", conflicts_with = "password_file")]
+    pub(crate) password_command: Option<String>,
+    /// AUTH mechanism (default: PLAIN when offered, else LOGIN). xoauth2 and oauthbearer
+    /// (RFC 7628) send an OAuth 2.0 bearer token from --token-command.
+    #[arg(long, value_enum, value_name = "MECH")]
+    pub(crate) auth_mech: Option<AuthMechArg>,
+    /// Run CMD and use the first line it prints as the OAuth 2.0 access token (for
+    /// --auth-mech xoauth2|oauthbearer; run once per run, like --password-command).
+    #[arg(long, value_name = "CMD")]
+    pub(crate) token_command: Option<String>,
+    /// Time limit for --password-command and --token-command.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "30s")]
+    pub(crate) secret_timeout: Duration,
+    /// Read settings from this TOML file (default: $XDG_CONFIG_HOME/pipemail/config.toml,
+    /// else ~/.config/pipemail/config.toml; a missing default file is fine).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Use the config file's [profile.NAME] (over its [defaults]; under flags and environment).
+    #[arg(long, value_name = "NAME", env = "PIPEMAIL_PROFILE")]
+    pub(crate) profile: Option<String>,
+    /// The `password` key of the config file (never a flag: no secrets on argv).
+    #[arg(skip)]
+    pub(crate) config_password: Option<pipemail::engine::Secret>,
     /// Reply timeout for each command (humantime: 30s, 2m).
     #[arg(long, value_name = "DUR", value_parser = parse_duration, default_value = "60s")]
     pub(crate) timeout: Duration,
@@ -131,6 +182,19 @@ pub(crate) struct ConnArgs {
     /// Print every command and reply to stderr (secrets shown as ****).
     #[arg(long, short = 'v')]
     pub(crate) verbose: bool,
+}
+
+/// AUTH mechanisms (`--auth-mech`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AuthMechArg {
+    /// RFC 4616 PLAIN.
+    Plain,
+    /// LOGIN.
+    Login,
+    /// XOAUTH2 (Gmail, Microsoft 365): user and OAuth 2.0 token.
+    Xoauth2,
+    /// RFC 7628 OAUTHBEARER: user and OAuth 2.0 token.
+    Oauthbearer,
 }
 
 /// Report formats.
@@ -288,6 +352,11 @@ pub(crate) struct SinkArgs {
     /// Example: --fault reply-lost=4@0 --fault 421=2@1-3
     #[arg(long, value_name = "SPEC", verbatim_doc_comment)]
     pub(crate) fault: Vec<pipemail::sink::FaultSpec>,
+    /// Offer AUTH XOAUTH2 and OAUTHBEARER (without TLS) and accept the token on this file's
+    /// first line, for any user; MAIL then needs AUTH. A wrong token gets RFC 7628's error
+    /// challenge, then 535.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) auth_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -490,6 +559,51 @@ mod tests {
         assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
         assert_eq!(parse_size("512kb").unwrap(), 512 << 10);
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn auth_and_profile_flags() {
+        let base = [
+            "pipemail",
+            "send",
+            "--host",
+            "h",
+            "--list",
+            "l",
+            "--template",
+            "t",
+        ];
+        let parse = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            Cli::try_parse_from(args)
+        };
+        let cli = parse(&[
+            "--auth-mech",
+            "oauthbearer",
+            "--token-command",
+            "oauth2l fetch",
+            "--secret-timeout",
+            "5s",
+            "--profile",
+            "news",
+            "--config",
+            "c.toml",
+        ])
+        .unwrap();
+        let Command::Send(a) = cli.command else {
+            panic!("not send")
+        };
+        assert_eq!(a.conn.auth_mech, Some(AuthMechArg::Oauthbearer));
+        assert_eq!(a.conn.token_command.as_deref(), Some("oauth2l fetch"));
+        assert_eq!(a.conn.secret_timeout, Duration::from_secs(5));
+        assert_eq!(a.conn.profile.as_deref(), Some("news"));
+        assert!(a.conn.config_password.is_none(), "never from argv");
+        for m in ["plain", "login", "xoauth2"] {
+            assert!(parse(&["--auth-mech", m]).is_ok(), "{m}");
+        }
+        assert!(parse(&["--auth-mech", "cram-md5"]).is_err());
+        assert!(parse(&["--password-command", "a", "--password-file", "b"]).is_err());
+        assert!(parse(&["--password", "x"]).is_err(), "no password flag");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use anyhow::{Context as _, anyhow};
 use crate::cli::{ConnArgs, TlsMode};
 use crate::exit::{Exit, Failure, fail};
 use pipemail::driver::{ConnectOptions, Target, TlsHints, TlsSettings};
-use pipemail::engine::{self, Credentials, PipeliningPolicy, Secret, Timeouts, TlsPolicy};
+use pipemail::engine::{self, PipeliningPolicy, Timeouts, TlsPolicy};
 
 /// Environment variable holding the AUTH password.
 pub(crate) const PASSWORD_ENV: &str = "PIPEMAIL_PASSWORD";
@@ -28,19 +28,7 @@ pub(crate) fn conn_plan(a: &ConnArgs) -> Result<ConnPlan, Failure> {
     let default_port = if tls == TlsPolicy::Implicit { 465 } else { 25 };
     let target = Target::parse(&a.host, default_port)
         .map_err(|e| fail(Exit::Usage, anyhow!("--host: {e}")))?;
-    let auth = match &a.auth_user {
-        None => None,
-        Some(user) => Some(Credentials {
-            username: user.clone(),
-            password: read_password(a)?,
-        }),
-    };
-    if a.auth_user.is_none() && (a.password_file.is_some()) {
-        return Err(fail(
-            Exit::Usage,
-            anyhow!("--password-file needs --auth-user"),
-        ));
-    }
+    let (auth, auth_mechanism) = crate::secrets::auth_plan(a)?;
     if a.insecure {
         eprintln!(
             "pipemail: warning: --insecure: the server's certificate and name are NOT verified"
@@ -61,6 +49,7 @@ pub(crate) fn conn_plan(a: &ConnArgs) -> Result<ConnPlan, Failure> {
         tls,
         auth,
         allow_plaintext_auth: a.allow_plaintext_auth,
+        auth_mechanism,
         window: a.window as usize,
         window_bytes: usize::try_from(a.window_bytes).unwrap_or(usize::MAX),
         timeouts: Timeouts {
@@ -99,31 +88,6 @@ pub(crate) fn conn_plan(a: &ConnArgs) -> Result<ConnPlan, Failure> {
         },
         verbose: a.verbose,
     })
-}
-
-fn read_password(a: &ConnArgs) -> Result<Secret, Failure> {
-    if let Some(path) = &a.password_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --password-file {}", path.display()))
-            .map_err(|e| fail(Exit::NoInput, e))?;
-        let line = text.lines().next().unwrap_or("").to_string();
-        if line.is_empty() {
-            return Err(fail(
-                Exit::DataErr,
-                anyhow!("--password-file {} is empty", path.display()),
-            ));
-        }
-        return Ok(Secret::new(line));
-    }
-    match std::env::var(PASSWORD_ENV) {
-        Ok(p) if !p.is_empty() => Ok(Secret::new(p)),
-        _ => Err(fail(
-            Exit::Usage,
-            anyhow!(
-                "--auth-user needs a password: set ${PASSWORD_ENV} or use --password-file (never on the command line)"
-            ),
-        )),
-    }
 }
 
 /// This machine's name for EHLO; `localhost` when unknown.

@@ -54,6 +54,23 @@ fn wait_for_ctrl_c(ready: impl FnOnce()) -> Result<(), Failure> {
     .map_err(|e| fail(Exit::Software, e))
 }
 
+/// `pipemail sink --auth-token-file`: the token on the file's first line.
+fn sink_token(a: &SinkArgs) -> Result<Option<String>, Failure> {
+    let Some(path) = &a.auth_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --auth-token-file {}", path.display()))
+        .map_err(|e| fail(Exit::NoInput, e))?;
+    match text.lines().next().map(str::trim) {
+        Some(t) if !t.is_empty() => Ok(Some(t.to_string())),
+        _ => Err(fail(
+            Exit::DataErr,
+            anyhow!("--auth-token-file {} is empty", path.display()),
+        )),
+    }
+}
+
 pub(crate) fn sink(a: &SinkArgs) -> Result<Exit, Failure> {
     let listen = resolve(&a.listen)?;
     let mut reject = Vec::new();
@@ -85,6 +102,8 @@ pub(crate) fn sink(a: &SinkArgs) -> Result<Exit, Failure> {
         } else {
             AfterDot::Accept
         },
+        oauth_token: sink_token(a)?,
+        allow_plain_auth: a.auth_token_file.is_some(),
         ..SinkConfig::default()
     };
     let handle = SinkHandle::start(listen, cfg)

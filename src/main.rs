@@ -6,7 +6,9 @@ mod cli;
 mod config;
 mod demo;
 mod exit;
+mod profile;
 mod progress;
+mod secrets;
 mod send;
 
 use std::process::ExitCode;
@@ -17,7 +19,12 @@ use cli::{Cli, Command};
 use exit::{Exit, Failure, fail};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // The config file's settings join the command line before clap parses it for real.
+    let layered = match profile::layer(std::env::args_os().collect()) {
+        Ok(l) => l,
+        Err(f) => return print_failure(f),
+    };
+    let mut cli = match Cli::try_parse_from(&layered.argv) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -29,19 +36,27 @@ fn main() -> ExitCode {
             return code.into();
         }
     };
+    if let Command::Send(cli::SendArgs { conn, .. })
+    | Command::CheckServer(cli::CheckArgs { conn, .. }) = &mut cli.command
+    {
+        conn.config_password = layered.password;
+    }
     match run(cli) {
         Ok(exit) => exit.into(),
-        Err(f) => {
-            if is_broken_pipe(&f.error) {
-                return Exit::Ok.into();
-            }
-            eprintln!("pipemail: error: {:#}", f.error);
-            if let Some(h) = f.exit.hint() {
-                eprintln!("pipemail: hint: {h}");
-            }
-            f.exit.into()
-        }
+        Err(f) => print_failure(f),
     }
+}
+
+/// Prints the one error line (and a hint) and returns the failure's exit code.
+fn print_failure(f: Failure) -> ExitCode {
+    if is_broken_pipe(&f.error) {
+        return Exit::Ok.into();
+    }
+    eprintln!("pipemail: error: {:#}", f.error);
+    if let Some(h) = f.exit.hint() {
+        eprintln!("pipemail: hint: {h}");
+    }
+    f.exit.into()
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -83,6 +98,14 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
                 "pipemail",
                 &mut std::io::stdout(),
             );
+            Ok(Exit::Ok)
+        }
+        Command::Config(cli::ConfigCommand::Show(a)) => {
+            use std::io::Write as _;
+            let text = profile::show(&a)?;
+            std::io::stdout()
+                .write_all(text.as_bytes())
+                .map_err(|e| Failure::new(Exit::IoErr, e))?;
             Ok(Exit::Ok)
         }
         Command::Report(r) => pipemail::review::run(r.into_action())

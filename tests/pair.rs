@@ -9,7 +9,8 @@
 //!   (refuse/drop-after-dot) servers over several sessions with retries; every recipient is
 //!   reported once per attempt, a recipient reported `sent` was stored exactly once, one
 //!   reported `failed` or `deferred` was not stored, one reported `unknown` at most once,
-//!   and every stored message is exactly the one sent.
+//!   and every stored message is exactly the one sent;
+//! - AUTH XOAUTH2 and OAUTHBEARER: the right token delivers, a wrong one ends in 535.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -470,6 +471,54 @@ proptest! {
                 };
                 prop_assert!(allowed.contains(&copies),
                     "message {} rcpt {} {:?} but stored {} times", m.id, i, outcome, copies);
+            }
+        }
+    }
+}
+
+/// AUTH XOAUTH2 and OAUTHBEARER (RFC 7628) between the engine and the sink: the right token
+/// delivers; a wrong one goes through the error challenge to a 535 and nothing is stored.
+#[test]
+fn oauth_mechanisms_against_the_sink() {
+    use pipemail::engine::{AuthMechanism, Credentials, Secret, SessionError};
+    let sink = sink(|c| {
+        c.oauth_token = Some("t0ken".into());
+        c.allow_plain_auth = true;
+    });
+    for mech in [AuthMechanism::XOAuth2, AuthMechanism::OAuthBearer] {
+        for (token, ok) in [("t0ken", true), ("wrong", false)] {
+            let cfg = engine::Config {
+                auth: Some(Credentials {
+                    username: "me@example.org".into(),
+                    password: Secret::new(token),
+                }),
+                auth_mechanism: Some(mech),
+                allow_plaintext_auth: true,
+                ..client(PipeliningPolicy::Auto, true, 4)
+            };
+            let pair = run(
+                cfg,
+                Arc::clone(&sink),
+                Duration::from_millis(5),
+                &[message(1, &["a@example.net"], b"hi\r\n")],
+            );
+            let closed = pair.events.iter().find_map(|e| match e {
+                Event::Closed(c) => Some(c.clone()),
+                _ => None,
+            });
+            let o = outcomes(&pair.events);
+            assert_eq!(o.len(), 1, "{mech}");
+            if ok {
+                assert_eq!(pair.stored.len(), 1, "{mech}");
+                assert_eq!(o[0].delivery, Delivery::Sent);
+                assert_eq!(closed, Some(None), "{mech}");
+            } else {
+                assert!(pair.stored.is_empty(), "{mech}");
+                assert_eq!(o[0].stage, Stage::Auth);
+                match closed {
+                    Some(Some(SessionError::AuthFailed(r))) => assert_eq!(r.code, 535, "{mech}"),
+                    other => panic!("{mech}: {other:?}"),
+                }
             }
         }
     }

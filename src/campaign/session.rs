@@ -131,6 +131,7 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                 | SessionError::PipeliningRequired
                 | SessionError::AuthOverPlaintext
                 | SessionError::AuthUnsupported(_)
+                | SessionError::AuthMechanismNotOffered(..)
                 | SessionError::AuthFailed(_)
                 | SessionError::Tls(_)
         )

@@ -243,6 +243,52 @@ pub fn auth_response(out: &mut Vec<u8>, value: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `AUTH XOAUTH2 <base64(user=U ^A auth=Bearer T ^A ^A)>` (Google's and Microsoft's
+/// OAuth 2.0 mechanism, the same client message as RFC 7628 without the GS2 header).
+pub fn auth_xoauth2(out: &mut Vec<u8>, user: &str, token: &str) {
+    out.extend_from_slice(b"AUTH XOAUTH2 ");
+    let mut msg = Vec::with_capacity(user.len() + token.len() + 20);
+    msg.extend_from_slice(b"user=");
+    msg.extend_from_slice(user.as_bytes());
+    msg.extend_from_slice(b"\x01auth=Bearer ");
+    msg.extend_from_slice(token.as_bytes());
+    msg.extend_from_slice(b"\x01\x01");
+    push_base64(out, &msg);
+    msg.fill(0);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `AUTH OAUTHBEARER <base64(n,a=U, ^A auth=Bearer T ^A ^A)>` (RFC 7628 §3.1): a GS2 header
+/// naming the user (`,` and `=` escaped as `=2C` and `=3D`, RFC 5801), then the bearer token.
+pub fn auth_oauthbearer(out: &mut Vec<u8>, user: &str, token: &str) {
+    out.extend_from_slice(b"AUTH OAUTHBEARER ");
+    let mut msg = Vec::with_capacity(user.len() + token.len() + 24);
+    msg.extend_from_slice(b"n,a=");
+    for b in user.bytes() {
+        match b {
+            b',' => msg.extend_from_slice(b"=2C"),
+            b'=' => msg.extend_from_slice(b"=3D"),
+            _ => msg.push(b),
+        }
+    }
+    msg.extend_from_slice(b",\x01auth=Bearer ");
+    msg.extend_from_slice(token.as_bytes());
+    msg.extend_from_slice(b"\x01\x01");
+    push_base64(out, &msg);
+    msg.fill(0);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The answer to an OAuth error challenge (a 334 carrying base64 JSON): OAUTHBEARER sends a
+/// single `^A` (`AQ==`, RFC 7628 §3.2.3), XOAUTH2 an empty line; the server then sends its
+/// final negative reply.
+pub fn auth_oauth_error_ack(out: &mut Vec<u8>, bearer: bool) {
+    if bearer {
+        out.extend_from_slice(b"AQ==");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// `MAIL FROM:<from>` with its parameters; an empty `from` is the null reverse-path `<>`.
 pub fn mail_from(out: &mut Vec<u8>, from: &str, params: MailParams) {
     out.extend_from_slice(b"MAIL FROM:<");
@@ -331,5 +377,49 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "AUTH PLAIN AHVzZXIAcGFzcw==\r\ndXNlcg==\r\n"
         );
+    }
+
+    #[test]
+    fn oauth_encoders_byte_exact() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut out = Vec::new();
+        auth_xoauth2(
+            &mut out,
+            "someuser@example.com",
+            "ya29.vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg",
+        );
+        // Google's documented example.
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "AUTH XOAUTH2 dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ==\r\n"
+        );
+        let mut out = Vec::new();
+        auth_oauthbearer(
+            &mut out,
+            "user@example.com",
+            "vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==",
+        );
+        let line = String::from_utf8(out).unwrap();
+        let b = line
+            .strip_prefix("AUTH OAUTHBEARER ")
+            .and_then(|l| l.strip_suffix("\r\n"))
+            .unwrap();
+        // RFC 7628 §4.1 without the optional host and port.
+        assert_eq!(
+            b64.decode(b).unwrap(),
+            b"n,a=user@example.com,\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg==\x01\x01"
+        );
+        let mut out = Vec::new();
+        auth_oauthbearer(&mut out, "a,b=c", "t");
+        let b = &out[b"AUTH OAUTHBEARER ".len()..out.len() - 2];
+        assert_eq!(
+            b64.decode(b).unwrap(),
+            b"n,a=a=2Cb=3Dc,\x01auth=Bearer t\x01\x01"
+        );
+        let mut out = Vec::new();
+        auth_oauth_error_ack(&mut out, true);
+        auth_oauth_error_ack(&mut out, false);
+        assert_eq!(out, b"AQ==\r\n\r\n");
     }
 }

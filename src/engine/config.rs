@@ -42,6 +42,42 @@ pub struct Credentials {
     pub password: Secret,
 }
 
+/// The SASL mechanism AUTH uses (RFC 4954).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMechanism {
+    /// PLAIN (RFC 4616): user and password in the AUTH line.
+    Plain,
+    /// LOGIN: user and password each answering a 334 challenge.
+    Login,
+    /// XOAUTH2 (Google, Microsoft): user and OAuth 2.0 bearer token.
+    XOAuth2,
+    /// OAUTHBEARER (RFC 7628): user and OAuth 2.0 bearer token in a GS2 header.
+    OAuthBearer,
+}
+
+impl AuthMechanism {
+    /// The mechanism's name as servers advertise it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::Login => "LOGIN",
+            Self::XOAuth2 => "XOAUTH2",
+            Self::OAuthBearer => "OAUTHBEARER",
+        }
+    }
+
+    /// True for the OAuth 2.0 mechanisms, whose secret is a bearer token.
+    pub fn is_oauth(self) -> bool {
+        matches!(self, Self::XOAuth2 | Self::OAuthBearer)
+    }
+}
+
+impl fmt::Display for AuthMechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// When to pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PipeliningPolicy {
@@ -119,6 +155,9 @@ pub struct Config {
     pub auth: Option<Credentials>,
     /// Allow AUTH over an unencrypted connection.
     pub allow_plaintext_auth: bool,
+    /// The AUTH mechanism; `None` picks PLAIN when offered, else LOGIN. With XOAUTH2 or
+    /// OAUTHBEARER the credentials' password is the OAuth 2.0 bearer token.
+    pub auth_mechanism: Option<AuthMechanism>,
     /// BDAT mode: most messages in flight at once.
     pub window: usize,
     /// BDAT mode: most message octets in flight at once (at least one message always goes).
@@ -141,6 +180,7 @@ impl Default for Config {
             tls: TlsPolicy::Opportunistic,
             auth: None,
             allow_plaintext_auth: false,
+            auth_mechanism: None,
             window: 100,
             window_bytes: 8 << 20,
             timeouts: Timeouts::default(),

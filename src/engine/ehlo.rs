@@ -45,6 +45,10 @@ pub struct AuthMechanisms {
     pub plain: bool,
     /// The LOGIN mechanism.
     pub login: bool,
+    /// XOAUTH2 (OAuth 2.0 bearer token, Google's and Microsoft's mechanism).
+    pub xoauth2: bool,
+    /// RFC 7628 OAUTHBEARER.
+    pub oauthbearer: bool,
 }
 
 /// What the server said it can do.
@@ -98,6 +102,8 @@ impl Capabilities {
                         match mech.to_ascii_uppercase().as_str() {
                             "PLAIN" => caps.auth.plain = true,
                             "LOGIN" => caps.auth.login = true,
+                            "XOAUTH2" => caps.auth.xoauth2 = true,
+                            "OAUTHBEARER" => caps.auth.oauthbearer = true,
                             _ => {}
                         }
                         caps.auth_names.push(mech.to_string());

@@ -12,6 +12,7 @@ use std::io;
 use std::sync::Arc;
 
 use super::command::Verb;
+use super::config::AuthMechanism;
 use super::outcome::Stage;
 pub use super::reply::ProtocolError;
 use super::reply::Reply;
@@ -235,6 +236,9 @@ pub enum SessionError {
     /// AUTH is configured but the server offers neither PLAIN nor LOGIN.
     #[error("server offers no AUTH mechanism pipemail supports (PLAIN, LOGIN){0}")]
     AuthUnsupported(AuthOffer),
+    /// AUTH is configured with a mechanism (`--auth-mech`) the server does not offer.
+    #[error("server does not offer AUTH {0}{1}")]
+    AuthMechanismNotOffered(AuthMechanism, AuthOffer),
     /// The server refused the credentials.
     #[error("authentication failed: {0}")]
     AuthFailed(Reply),
@@ -277,6 +281,7 @@ impl SessionError {
             | Self::PipeliningRequired
             | Self::AuthOverPlaintext
             | Self::AuthUnsupported(_)
+            | Self::AuthMechanismNotOffered(..)
             | Self::AuthFailed(_)
             | Self::Tls(_) => true,
             Self::Greeting(r) | Self::Helo(r) => r.is_permanent(),
@@ -289,7 +294,10 @@ impl SessionError {
     pub fn stage(&self) -> Stage {
         match self {
             Self::TlsRequired(_) | Self::Tls(_) => Stage::Tls,
-            Self::AuthOverPlaintext | Self::AuthUnsupported(_) | Self::AuthFailed(_) => Stage::Auth,
+            Self::AuthOverPlaintext
+            | Self::AuthUnsupported(_)
+            | Self::AuthMechanismNotOffered(..)
+            | Self::AuthFailed(_) => Stage::Auth,
             _ => Stage::Connect,
         }
     }

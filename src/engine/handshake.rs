@@ -1,9 +1,9 @@
 //! The handshake: greeting, EHLO (HELO fallback), STARTTLS (RFC 3207), AUTH PLAIN/LOGIN
-//! (RFC 4954), and the policy checks that may end a session before any mail (TLS or
+//! (RFC 4954), XOAUTH2 and OAUTHBEARER (RFC 7628), and the policy checks that may end a session before any mail (TLS or
 //! PIPELINING required, AUTH over plain text).
 
 use super::command::{self, Verb, line_text};
-use super::config::{PipeliningPolicy, TlsPolicy};
+use super::config::{AuthMechanism, PipeliningPolicy, TlsPolicy};
 use super::ehlo::{Capabilities, Extensions};
 use super::error::{AuthOffer, SessionError, TlsRefusal};
 use super::event::Event;
@@ -92,7 +92,18 @@ impl Session {
                 }
                 self.push_handshake(Awaiting::Handshake(Verb::Auth), start, Some("****"));
             }
-            (Verb::Auth, Phase::AuthPlain | Phase::AuthLoginDone) if reply.is_positive() => {
+            (Verb::Auth, Phase::AuthOAuth) if reply.code == 334 => {
+                // RFC 7628 §3.2.2: an error challenge (base64 JSON); answer it so the server
+                // sends its final reply, which fails the AUTH below.
+                self.phase = Phase::AuthOAuthError;
+                let start = self.hs_out.len();
+                let bearer = self.cfg.auth_mechanism == Some(AuthMechanism::OAuthBearer);
+                command::auth_oauth_error_ack(&mut self.hs_out, bearer);
+                self.push_handshake(Awaiting::Handshake(Verb::Auth), start, None);
+            }
+            (Verb::Auth, Phase::AuthPlain | Phase::AuthLoginDone | Phase::AuthOAuth)
+                if reply.is_positive() =>
+            {
                 self.ready()
             }
             (Verb::Auth, _) => self.quit_with(SessionError::AuthFailed(reply)),
@@ -132,20 +143,50 @@ impl Session {
         if !self.tls_active && !self.cfg.allow_plaintext_auth {
             return self.quit_with(SessionError::AuthOverPlaintext);
         }
+        let offered = |m: AuthMechanism| match m {
+            AuthMechanism::Plain => self.caps.auth.plain,
+            AuthMechanism::Login => self.caps.auth.login,
+            AuthMechanism::XOAuth2 => self.caps.auth.xoauth2,
+            AuthMechanism::OAuthBearer => self.caps.auth.oauthbearer,
+        };
+        let mech = match self.cfg.auth_mechanism {
+            Some(m) if offered(m) => m,
+            Some(m) => {
+                let offer = AuthOffer(self.caps.auth_names.clone());
+                return self.quit_with(SessionError::AuthMechanismNotOffered(m, offer));
+            }
+            None if self.caps.auth.plain => AuthMechanism::Plain,
+            None if self.caps.auth.login => AuthMechanism::Login,
+            None => {
+                let offer = AuthOffer(self.caps.auth_names.clone());
+                return self.quit_with(SessionError::AuthUnsupported(offer));
+            }
+        };
         let start = self.hs_out.len();
-        if self.caps.auth.plain {
-            self.phase = Phase::AuthPlain;
-            command::auth_plain(&mut self.hs_out, &cred.username, cred.password.expose());
-            let shown = Some("AUTH PLAIN ****");
-            self.push_handshake(Awaiting::Handshake(Verb::Auth), start, shown);
-        } else if self.caps.auth.login {
-            self.phase = Phase::AuthLoginUser;
-            command::auth_login(&mut self.hs_out);
-            self.push_handshake(Awaiting::Handshake(Verb::Auth), start, None);
-        } else {
-            let offer = AuthOffer(self.caps.auth_names.clone());
-            self.quit_with(SessionError::AuthUnsupported(offer));
-        }
+        let (user, secret) = (&cred.username, cred.password.expose());
+        let shown = match mech {
+            AuthMechanism::Plain => {
+                self.phase = Phase::AuthPlain;
+                command::auth_plain(&mut self.hs_out, user, secret);
+                Some("AUTH PLAIN ****")
+            }
+            AuthMechanism::Login => {
+                self.phase = Phase::AuthLoginUser;
+                command::auth_login(&mut self.hs_out);
+                None
+            }
+            AuthMechanism::XOAuth2 => {
+                self.phase = Phase::AuthOAuth;
+                command::auth_xoauth2(&mut self.hs_out, user, secret);
+                Some("AUTH XOAUTH2 ****")
+            }
+            AuthMechanism::OAuthBearer => {
+                self.phase = Phase::AuthOAuth;
+                command::auth_oauthbearer(&mut self.hs_out, user, secret);
+                Some("AUTH OAUTHBEARER ****")
+            }
+        };
+        self.push_handshake(Awaiting::Handshake(Verb::Auth), start, shown);
     }
 
     fn ready(&mut self) {

@@ -2,6 +2,7 @@
 //!
 //! Implements RFC 5321 (SMTP), RFC 2920 (PIPELINING), RFC 3030 (CHUNKING/BDAT), RFC 3207
 //! (STARTTLS, the decision; the handshake is the driver's), RFC 4954 (AUTH PLAIN/LOGIN),
+//! RFC 7628 (AUTH OAUTHBEARER; XOAUTH2 too),
 //! RFC 1870 (SIZE), RFC 6152 (8BITMIME), RFC 6531 (SMTPUTF8 parameter) and RFC 3463
 //! (enhanced status codes). See [`session`] for the I/O contract.
 //!
@@ -64,7 +65,9 @@ mod stepdown;
 mod tests;
 
 pub use command::{AddressError, MailParams, RawCommand, Verb, check_address};
-pub use config::{Config, Credentials, PipeliningPolicy, Secret, Timeouts, TlsPolicy};
+pub use config::{
+    AuthMechanism, Config, Credentials, PipeliningPolicy, Secret, Timeouts, TlsPolicy,
+};
 pub use ehlo::{Capabilities, Extensions};
 pub use error::{
     AuthOffer, IoFailure, ProtocolError, SessionError, TlsFailure, TlsFailureKind, TlsRefusal,

@@ -51,6 +51,10 @@ pub(super) enum Phase {
     AuthLoginUser,
     AuthLoginPass,
     AuthLoginDone,
+    /// XOAUTH2 or OAUTHBEARER sent; a 334 is the server's error challenge.
+    AuthOAuth,
+    /// The error challenge answered; the final (negative) reply comes next.
+    AuthOAuthError,
     Ready,
     Quitting,
     Closed,

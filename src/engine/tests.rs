@@ -10,6 +10,7 @@ mod errors;
 mod handshake;
 mod level;
 mod local_checks;
+mod oauth;
 mod refusing;
 
 /// How the scripted server's bytes reach the session.

@@ -41,6 +41,12 @@ pub struct SinkConfig {
     /// with `allow_plain_auth`), credentials are checked, and MAIL needs a successful AUTH
     /// (`530 5.7.0` otherwise).
     pub auth: Option<(String, String)>,
+    /// The OAuth 2.0 bearer token that AUTH XOAUTH2 and OAUTHBEARER (RFC 7628) accept; when
+    /// set, those two are advertised (like `auth`, after STARTTLS or with `allow_plain_auth`)
+    /// and MAIL needs a successful AUTH. The user name must be `auth`'s when that is set and
+    /// may be any non-empty name otherwise. A wrong token gets RFC 7628's error challenge
+    /// (`334` and base64 JSON), then `535 5.7.8` after the client's answer.
+    pub oauth_token: Option<String>,
     /// Offer and accept AUTH without TLS (default false: AUTH before TLS gets `538 5.7.11`).
     pub allow_plain_auth: bool,
     /// Injected faults, by session (default none).
@@ -64,6 +70,7 @@ impl Default for SinkConfig {
             reject: Vec::new(),
             tls: None,
             auth: None,
+            oauth_token: None,
             allow_plain_auth: false,
             faults: None,
             after_dot: AfterDot::Accept,
@@ -88,6 +95,7 @@ impl fmt::Debug for SinkConfig {
                 "auth",
                 &self.auth.as_ref().map(|(user, _)| (user, "<password>")),
             )
+            .field("oauth_token", &self.oauth_token.as_ref().map(|_| "<token>"))
             .field("allow_plain_auth", &self.allow_plain_auth)
             .field("faults", &self.faults)
             .field("after_dot", &self.after_dot)

@@ -14,10 +14,12 @@
 //!
 //! * Greeting `220 <hostname> ESMTP pipemail-sink`; `EHLO` lists `PIPELINING`, `SIZE n`,
 //!   `8BITMIME`, `ENHANCEDSTATUSCODES`, `CHUNKING`, `SMTPUTF8`, `STARTTLS` and `AUTH PLAIN LOGIN`
-//!   as configured; `HELO` works too. `HELO`/`EHLO` is required before `MAIL`.
+//!   (`XOAUTH2 OAUTHBEARER` with an OAuth token) as configured; `HELO` works too.
+//!   `HELO`/`EHLO` is required before `MAIL`.
 //! * `MAIL FROM:<a> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8]`, `RCPT TO:<a>` (at most 1000 per
 //!   message), `DATA` (dot-unstuffing, ends at CRLF.CRLF), `BDAT n [LAST]`, `RSET`, `NOOP`,
-//!   `VRFY` (252), `QUIT`, `STARTTLS`, `AUTH PLAIN|LOGIN`. Anything else: `500 5.5.2`.
+//!   `VRFY` (252), `QUIT`, `STARTTLS`, `AUTH PLAIN|LOGIN|XOAUTH2|OAUTHBEARER`. Anything else:
+//!   `500 5.5.2`.
 //! * Command lines longer than 1000 octets (CRLF included) get `500 5.5.2 Error: line too long`
 //!   once the line ends; the excess is discarded as it arrives, so memory stays bounded.
 //! * `BDAT n` always consumes exactly `n` octets, even when the command itself fails (no

@@ -98,6 +98,10 @@ pub(super) enum Mode {
     AuthLoginUser,
     /// The password after `AUTH LOGIN`, for this user name.
     AuthLoginPass(Vec<u8>),
+    /// The initial response after `AUTH XOAUTH2` (false) or `AUTH OAUTHBEARER` (true).
+    AuthOAuth(bool),
+    /// The client's answer to an OAuth error challenge; a 535 follows whatever it is.
+    AuthOAuthError,
 }
 
 /// A reply-bearing unit of client input (see [`Fault`] for how they are counted).
@@ -417,7 +421,12 @@ impl Server {
         loop {
             let buf = &self.inbuf[self.pos..];
             match &mut self.mode {
-                Mode::Command | Mode::AuthPlain | Mode::AuthLoginUser | Mode::AuthLoginPass(_) => {
+                Mode::Command
+                | Mode::AuthPlain
+                | Mode::AuthLoginUser
+                | Mode::AuthLoginPass(_)
+                | Mode::AuthOAuth(_)
+                | Mode::AuthOAuthError => {
                     self.unit_start = self.base + self.pos as u64;
                     match proto::scan_line(buf) {
                         LineScan::Line { len, consumed } => {

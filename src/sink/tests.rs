@@ -522,3 +522,56 @@ fn fault_specs_parse() {
         [Fault::Stall { command: 3 }, Fault::DribbleReplies]
     );
 }
+
+/// XOAUTH2 and OAUTHBEARER: a right token, a wrong one (RFC 7628 error challenge, then 535
+/// after the client's answer), the initial response on its own line, a malformed response.
+#[test]
+fn oauth_transcript_exact_replies() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let oauth = cfg(|c| {
+        c.oauth_token = Some("tok3n".into());
+        c.allow_plain_auth = true;
+    });
+    let good_x = b64("user=u@x\x01auth=Bearer tok3n\x01\x01");
+    let bad_b = b64("n,a=u@x,\x01auth=Bearer wrong\x01\x01");
+    let good_b = b64("n,a=u@x,\x01auth=Bearer tok3n\x01\x01");
+    let t = format!(
+        "EHLO c\r\nAUTH PLAIN AHVzZXIAcGFzcw==\r\nAUTH OAUTHBEARER {bad_b}\r\nAQ==\r\n\
+         AUTH XOAUTH2 {}\r\nAUTH OAUTHBEARER\r\n{good_b}\r\nMAIL FROM:<a@x>\r\n",
+        b64("garbage")
+    );
+    let run = feed(&oauth, &[t.as_bytes()]);
+    let lines = run.lines();
+    assert!(lines.contains(&"250 AUTH XOAUTH2 OAUTHBEARER"), "{lines:?}");
+    let after_ehlo: Vec<&str> = lines
+        .iter()
+        .copied()
+        .skip_while(|l| !l.starts_with("250 AUTH"))
+        .skip(1)
+        .collect();
+    let challenge = format!(
+        "334 {}",
+        b64(r#"{"status":"invalid_token","schemes":"Bearer","scope":"mail"}"#)
+    );
+    assert_eq!(
+        after_ehlo,
+        [
+            "504 5.5.4 Unrecognized authentication type",
+            challenge.as_str(),
+            "535 5.7.8 Authentication credentials invalid",
+            "501 5.5.2 Error: malformed OAuth response",
+            "334 ",
+            "235 2.7.0 Authentication successful",
+            "250 2.1.0 Ok",
+        ]
+    );
+    let run = feed(
+        &oauth,
+        &[format!("EHLO c\r\nAUTH XOAUTH2 {good_x}\r\nMAIL FROM:<a@x>\r\n").as_bytes()],
+    );
+    assert_eq!(
+        run.lines()[run.lines().len() - 2..],
+        ["235 2.7.0 Authentication successful", "250 2.1.0 Ok"]
+    );
+}

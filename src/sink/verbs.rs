@@ -63,7 +63,12 @@ impl Server {
     }
 
     fn auth_offered(&self) -> bool {
-        self.cfg.auth.is_some() && (self.tls_active || self.cfg.allow_plain_auth)
+        self.auth_enabled() && (self.tls_active || self.cfg.allow_plain_auth)
+    }
+
+    /// AUTH is configured: a password, an OAuth token, or both.
+    fn auth_enabled(&self) -> bool {
+        self.cfg.auth.is_some() || self.cfg.oauth_token.is_some()
     }
 
     fn ehlo(&mut self, args: &[u8]) {
@@ -93,7 +98,14 @@ impl Server {
             lines.push("STARTTLS".into());
         }
         if self.auth_offered() {
-            lines.push("AUTH PLAIN LOGIN".into());
+            let mut mechs = String::from("AUTH");
+            if cfg.auth.is_some() {
+                mechs.push_str(" PLAIN LOGIN");
+            }
+            if cfg.oauth_token.is_some() {
+                mechs.push_str(" XOAUTH2 OAUTHBEARER");
+            }
+            lines.push(mechs);
         }
         let last = lines.len() - 1;
         for (i, line) in lines.iter().enumerate() {
@@ -107,7 +119,7 @@ impl Server {
         if !self.helo {
             return self.reply("503 5.5.1 Error: send HELO/EHLO first");
         }
-        if self.cfg.auth.is_some() && !self.authenticated {
+        if self.auth_enabled() && !self.authenticated {
             return self.reply("530 5.7.0 Authentication required");
         }
         if self.txn.is_some() {
@@ -269,7 +281,7 @@ impl Server {
     }
 
     fn auth(&mut self, args: &[u8]) {
-        if self.cfg.auth.is_none() {
+        if !self.auth_enabled() {
             return self.reply("502 5.5.1 Error: authentication not enabled");
         }
         if !self.helo {
@@ -287,7 +299,25 @@ impl Server {
         }
         let (mechanism, initial) = proto::split_verb(args);
         let initial = (!initial.is_empty()).then_some(initial);
+        let password = self.cfg.auth.is_some();
+        let oauth = self.cfg.oauth_token.is_some();
         match (mechanism.as_str(), initial) {
+            ("PLAIN" | "LOGIN", _) if !password => {
+                self.reply("504 5.5.4 Unrecognized authentication type")
+            }
+            ("XOAUTH2" | "OAUTHBEARER", _) if !oauth => {
+                self.reply("504 5.5.4 Unrecognized authentication type")
+            }
+            ("XOAUTH2", Some(response)) => self.auth_oauth(response, false),
+            ("OAUTHBEARER", Some(response)) => self.auth_oauth(response, true),
+            ("XOAUTH2", None) => {
+                self.mode = Mode::AuthOAuth(false);
+                self.reply("334 ");
+            }
+            ("OAUTHBEARER", None) => {
+                self.mode = Mode::AuthOAuth(true);
+                self.reply("334 ");
+            }
             ("PLAIN", Some(response)) => self.auth_plain(response),
             ("PLAIN", None) => {
                 self.mode = Mode::AuthPlain;
@@ -327,6 +357,8 @@ impl Server {
                 Some(pass) => self.auth_result(&user, &pass),
                 None => self.reply("501 5.5.2 Error: cannot decode response"),
             },
+            Mode::AuthOAuth(bearer) => self.auth_oauth(line, bearer),
+            Mode::AuthOAuthError => self.reply(OAUTH_FAILED),
             _ => self.reply("503 5.5.1 Error: no AUTH exchange in progress"),
         }
     }
@@ -358,6 +390,72 @@ impl Server {
             self.reply("535 5.7.8 Error: authentication failed");
         }
     }
+}
+
+/// The final reply after an OAuth error challenge.
+const OAUTH_FAILED: &str = "535 5.7.8 Authentication credentials invalid";
+
+impl Server {
+    /// Checks an XOAUTH2 (`bearer` false) or OAUTHBEARER (RFC 7628) client response.
+    fn auth_oauth(&mut self, response: &[u8], bearer: bool) {
+        let Some(decoded) = decode_b64(response) else {
+            return self.reply("501 5.5.2 Error: cannot decode response");
+        };
+        let Some((user, token)) = parse_oauth(&decoded, bearer) else {
+            return self.reply("501 5.5.2 Error: malformed OAuth response");
+        };
+        let user_ok = !user.is_empty()
+            && self
+                .cfg
+                .auth
+                .as_ref()
+                .is_none_or(|(u, _)| u.as_bytes() == user.as_slice());
+        let token_ok = self
+            .cfg
+            .oauth_token
+            .as_ref()
+            .is_some_and(|t| t.as_bytes() == token.as_slice());
+        if user_ok && token_ok {
+            self.authenticated = true;
+            self.reply("235 2.7.0 Authentication successful");
+        } else {
+            // RFC 7628 §3.2.2: an error challenge; the client answers, then the final 535.
+            self.mode = Mode::AuthOAuthError;
+            let json = br#"{"status":"invalid_token","schemes":"Bearer","scope":"mail"}"#;
+            let text = base64::engine::general_purpose::STANDARD.encode(json);
+            self.reply(&format!("334 {text}"));
+        }
+    }
+}
+
+/// `(user, token)` from a decoded XOAUTH2 (`user=U^Aauth=Bearer T^A^A`) or OAUTHBEARER
+/// (`n,a=U,^Aauth=Bearer T^A^A`, RFC 7628 §3.1) client response.
+fn parse_oauth(msg: &[u8], bearer: bool) -> Option<(Vec<u8>, Vec<u8>)> {
+    let body = msg.strip_suffix(b"\x01\x01")?;
+    let mut parts = body.split(|&b| b == 0x01);
+    let mut user = None;
+    if bearer {
+        // GS2 header: `n,a=saslname,` (`=2C` is `,` and `=3D` is `=`).
+        let gs2 = parts.next()?;
+        let rest = gs2.strip_prefix(b"n,")?;
+        let name = rest.strip_prefix(b"a=")?.strip_suffix(b",")?;
+        let name = String::from_utf8_lossy(name)
+            .replace("=2C", ",")
+            .replace("=3D", "=");
+        user = Some(name.into_bytes());
+    }
+    let mut token = None;
+    for kv in parts {
+        if let Some(v) = kv.strip_prefix(b"user=").filter(|_| !bearer) {
+            user = Some(v.to_vec());
+        } else if let Some(v) = kv.strip_prefix(b"auth=") {
+            let t = v
+                .strip_prefix(b"Bearer ")
+                .or_else(|| v.strip_prefix(b"bearer "))?;
+            token = Some(t.to_vec());
+        }
+    }
+    Some((user?, token?))
 }
 
 /// Decodes a SASL response (`=` is the empty response).
