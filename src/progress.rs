@@ -10,6 +10,8 @@ use pipemail::campaign::{RoundTrips, Tally};
 
 pub(crate) struct Progress {
     bar: ProgressBar,
+    /// The pipelining level the run lowered to, when it did (issue 11).
+    level: std::sync::Mutex<Option<String>>,
 }
 
 /// Should the bar be drawn?
@@ -116,6 +118,7 @@ impl Progress {
         if !enabled(quiet) {
             return Self {
                 bar: ProgressBar::hidden(),
+                level: std::sync::Mutex::new(None),
             };
         }
         let target = if forced() {
@@ -136,7 +139,18 @@ impl Progress {
             bar.set_prefix(format!("{l:<10} "));
         }
         bar.enable_steady_tick(Duration::from_millis(200));
-        Self { bar }
+        Self {
+            bar,
+            level: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The run lowered its pipelining level: the figures say so from now on.
+    pub(crate) fn set_level(&self, text: &str) {
+        *self
+            .level
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text.to_string());
     }
 
     pub(crate) fn update(&self, s: &Tally, rt: RoundTrips) {
@@ -152,6 +166,14 @@ impl Progress {
         );
         if rt_lockstep > 0 {
             msg += &format!(" · {}", saved(rt_used, rt_lockstep));
+        }
+        if let Some(level) = self
+            .level
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_deref()
+        {
+            msg += &format!(" · {level}");
         }
         self.bar.set_message(msg);
     }

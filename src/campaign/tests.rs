@@ -12,7 +12,7 @@ use crate::sink::{SinkConfig, SinkHandle};
 
 const TEMPLATE: &str = "From: Sender <sender@example.org>\nTo: {{ email }}\nSubject: Hi {{ name }}\n\nHello {{ name }}.\n";
 
-fn sink(cfg: SinkConfig) -> SinkHandle {
+pub(super) fn sink(cfg: SinkConfig) -> SinkHandle {
     SinkHandle::start(
         "127.0.0.1:0".parse().expect("address"),
         SinkConfig {
@@ -23,7 +23,7 @@ fn sink(cfg: SinkConfig) -> SinkHandle {
     .expect("start sink")
 }
 
-fn campaign(sink: &SinkHandle, csv: &str) -> Campaign {
+pub(super) fn campaign(sink: &SinkHandle, csv: &str) -> Campaign {
     let reader: Box<dyn Read + Send> = Box::new(Cursor::new(csv.as_bytes().to_vec()));
     let list = ListReader::new(reader, "list.csv").expect("list");
     let template = Template::parse(TEMPLATE.as_bytes(), "t.eml", list.headers()).expect("t");
@@ -48,7 +48,7 @@ fn campaign(sink: &SinkHandle, csv: &str) -> Campaign {
     c
 }
 
-fn list(n: u64) -> String {
+pub(super) fn list(n: u64) -> String {
     let mut s = String::from("email,name\n");
     for i in 1..=n {
         s += &format!("r{i}@example.net,R{i}\n");
