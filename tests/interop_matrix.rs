@@ -498,10 +498,9 @@ fn opensmtpd_lock_step() {
 
 /// The scripted server that answers every command pipelined after the end-of-data dot with
 /// `503 5.5.0 Error: pipelined after end of DATA` (none of the real servers here does): no
-/// row may fail for it, and every message is stored exactly once. Today's engine pipelines
-/// the next envelope with the dot and reports those 503s as failed rows.
+/// row may fail for it, and every message is stored exactly once: the engine steps down to
+/// syncing at the end of data and sends the refused messages again.
 #[test]
-#[ignore = "needs engine step-down (issue 11)"]
 fn refusing_after_the_dot_scripted() {
     let server = RefusingServer::start(AfterDot::Refuse);
     let run = send(server.addr(), &["--tls", "none"]);
