@@ -306,7 +306,10 @@ fn a_server_closing_after_the_dot_counts_as_refusing() {
 /// the end of data, and sends exactly one message.
 #[test]
 fn the_sink_refusing_or_dropping_after_the_dot_is_reported_refused() {
-    for after_dot in [pipemail::sink::AfterDot::Refuse, pipemail::sink::AfterDot::Drop] {
+    for after_dot in [
+        pipemail::sink::AfterDot::Refuse,
+        pipemail::sink::AfterDot::Drop,
+    ] {
         let sink = start_sink(SinkConfig {
             after_dot,
             ..SinkConfig::default()

@@ -243,3 +243,31 @@ fn stop_before_the_run_sends_nothing_and_reports_every_row() {
     assert_eq!((summary.rows, summary.deferred), (5, 5), "{summary:?}");
     assert_eq!(s.stop().sessions, 0);
 }
+
+/// Rows a refused AUTH kept from being sent are reported at stage `auth`, and the run stops
+/// at the first such session (`SessionError::is_fatal`) instead of retrying.
+#[test]
+fn rows_kept_back_by_a_refused_auth_have_stage_auth() {
+    let s = sink(SinkConfig {
+        auth: Some(("user".into(), "right".into())),
+        allow_plain_auth: true,
+        ..SinkConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("r.jsonl");
+    let mut c = campaign(&s, &list(3));
+    c.connect.session.auth = Some(engine::Credentials {
+        username: "user".into(),
+        password: engine::Secret::new("wrong"),
+    });
+    c.connect.session.allow_plaintext_auth = true;
+    c.report = Some((path.display().to_string(), Format::Jsonl));
+    let summary = c.run(Arc::new(NoObserver)).expect("run");
+    assert_eq!((summary.rows, summary.sent), (3, 0), "{summary:?}");
+    let text = std::fs::read_to_string(&path).expect("report");
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+        assert_eq!(v["stage"], "auth", "{l}");
+    }
+    assert_eq!(s.stop().sessions, 1, "a refused AUTH is not retried");
+}

@@ -334,10 +334,9 @@ fn refusing_after_the_dot_warns_once_and_the_summary_names_the_level() {
         .count();
     assert_eq!(warnings, 1, "{}", out.stderr);
     assert!(
-        out.stderr
-            .lines()
-            .any(|l| l.contains("step-down cross-message -> within-message: C: MAIL FROM:")
-                && l.contains("S: 503")),
+        out.stderr.lines().any(|l| l
+            .contains("step-down cross-message -> within-message: C: MAIL FROM:")
+            && l.contains("S: 503")),
         "{}",
         out.stderr
     );
