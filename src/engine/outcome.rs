@@ -153,6 +153,8 @@ pub(super) struct Msg {
     pub(super) joined: bool,
     /// The MAIL command as sent, kept as evidence while `joined` (transcript only).
     pub(super) mail_line: Option<String>,
+    /// BDAT mode: RSET was asked for as soon as every RCPT failed (not again at BDAT's reply).
+    pub(super) rset_asked: bool,
 }
 
 impl Msg {
@@ -175,6 +177,7 @@ impl Msg {
             refused: false,
             joined: false,
             mail_line: None,
+            rset_asked: false,
         }
     }
 

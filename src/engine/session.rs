@@ -538,7 +538,8 @@ impl Session {
                 self.finish(i);
             }
             Verb::Bdat => {
-                if !reply.is_positive() && self.active[i].mail_ok() {
+                let m = &self.active[i];
+                if !reply.is_positive() && m.mail_ok() && !m.rset_asked {
                     self.rset_needed = true; // RFC 3030 §3: the transaction failed
                     self.txn_open = true;
                 }

@@ -120,6 +120,8 @@ impl Session {
             self.check_refusal(seq, Verb::Mail, true, command, &reply);
         } else if !accepted && m.mail_ok() && self.bdat_mode() {
             self.rset_needed = true;
+            self.txn_open = true;
+            self.active[i].rset_asked = true;
         }
     }
 

@@ -182,7 +182,7 @@ fn auth_over_plaintext_is_refused_unless_allowed() {
     expect_code(&out, 69);
     assert!(!out.stderr.contains("C: AUTH"), "no AUTH was sent\n{out}");
     assert_no_secret("stderr", &out.stderr);
-    assert_all_deferred_at_connect(&read_report(&fx.path("r.csv")), 3);
+    assert_all_deferred_at(&read_report(&fx.path("r.csv")), 3, "auth");
     assert!(sink.messages().is_empty());
     assert_eq!(sink.stats().sessions, 1, "refusing AUTH is not retried");
 
@@ -243,7 +243,7 @@ fn self_signed_certificate_is_rejected_without_ca_file_or_insecure() {
     expect_code(&out, 69);
     assert!(out.stderr.contains("certificate"), "{out}");
     let rows = read_report(&fx.path("r.csv"));
-    assert_all_deferred_at_connect(&rows, 3);
+    assert_all_deferred_at(&rows, 3, "tls");
     assert!(sink.messages().is_empty());
 
     // The CA file makes it work, over TLS.
