@@ -8,8 +8,8 @@
 //! hung up right after a positive reply to an end of data while commands were pipelined
 //! behind it) is counted, and the second one lowers it to
 //! [`PipeliningLevel::WithinMessage`]: once is chance. It never goes up during a run; a new
-//! run starts over (or from what `--resume` finds beside the report, see
-//! [`crate::report::journal`]).
+//! run, `--resume`d or not, starts at the level of its engine config
+//! ([`crate::engine::Config::pipelining_level`]) and re-learns on its first messages.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
