@@ -348,8 +348,14 @@ impl Pipeliner {
     }
 
     fn collect(&mut self) {
+        // Errors from replies that refused a command for its place in the pipeline: when
+        // the session stepped down, it sends those messages again and their own outcomes
+        // follow, so these are not errors of the call (issue 11).
+        let mut refusals = Vec::new();
+        let mut stepped_down = false;
         while let Some(ev) = self.conn.session().poll_event() {
             match ev {
+                Event::SteppedDown(_) => stepped_down = true,
                 Event::Exchange(x) => {
                     if x.verb.is_none() {
                         continue; // the greeting belongs to no call
@@ -360,6 +366,9 @@ impl Pipeliner {
                         self.recipients.accepted.push(addr.clone());
                     }
                     if !x.ok {
+                        if refuses_sequence(&x.reply) {
+                            refusals.push(self.errors.len());
+                        }
                         self.errors.push(PipeError {
                             command: x.command.clone(),
                             code: x.reply.code,
@@ -401,5 +410,21 @@ impl Pipeliner {
                 _ => {}
             }
         }
+        if stepped_down {
+            let mut i = 0;
+            self.errors.retain(|_| {
+                i += 1;
+                !refusals.contains(&(i - 1))
+            });
+        }
     }
+}
+
+/// 503, or a 5yz with the enhanced code 5.5.1: a command refused for its place in the
+/// sequence (as the engine classifies it for its step-down).
+fn refuses_sequence(r: &Reply) -> bool {
+    r.code == 503
+        || r.is_permanent()
+            && r.enhanced
+                .is_some_and(|e| e.class == 5 && e.subject == 5 && e.detail == 1)
 }

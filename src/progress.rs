@@ -14,6 +14,8 @@ pub(crate) struct Progress {
     prefix_width: usize,
     /// A known total: the line has a bar and an ETA.
     bounded: bool,
+    /// The pipelining level the run lowered to, when it did (issue 11).
+    level: std::sync::Mutex<Option<String>>,
 }
 
 /// Columns the line may use: the terminal's width (`$COLUMNS` when the bar is forced onto
@@ -185,6 +187,7 @@ impl Progress {
                 bar: ProgressBar::hidden(),
                 prefix_width: 0,
                 bounded: false,
+                level: std::sync::Mutex::new(None),
             };
         }
         let target = if forced() {
@@ -220,7 +223,16 @@ impl Progress {
             bar,
             prefix_width,
             bounded: total.is_some(),
+            level: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The run lowered its pipelining level: the figures say so from now on.
+    pub(crate) fn set_level(&self, text: &str) {
+        *self
+            .level
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(text.to_string());
     }
 
     pub(crate) fn update(&self, s: &Tally, rt: RoundTrips) {
@@ -240,9 +252,19 @@ impl Progress {
             // " ETA 12m" (up to 6 columns of duration) and a bar of at least 10.
             used += 5 + 6 + 10;
         }
+        let level = self
+            .level
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let level = level.map(|l| format!(" · {l}")).unwrap_or_default();
         let room = term_width().saturating_sub(used + 1);
         let failed = s.failed + s.deferred + s.unknown;
-        self.bar.set_message(status_text(s.sent, failed, rt, room));
+        let mut msg = status_text(s.sent, failed, rt, room);
+        if msg.chars().count() + level.chars().count() <= room {
+            msg += &level;
+        }
+        self.bar.set_message(msg);
     }
 
     pub(crate) fn finish(&self) {

@@ -4,7 +4,9 @@
 
 use std::io::Write as _;
 
-use pipemail::campaign::{DryRunEvent, Observer, RoundTrips, Summary, Tally};
+use pipemail::campaign::{
+    DryRunEvent, LevelChange, LevelReason, Observer, RoundTrips, Summary, Tally,
+};
 use pipemail::driver::Target;
 use pipemail::engine::Exchange;
 
@@ -35,6 +37,49 @@ fn write_exchange(out: &mut impl std::io::Write, x: &Exchange) -> std::io::Resul
     Ok(())
 }
 
+/// `-v`: the evidence a session found against its pipelining level, server text made
+/// printable: "pipemail: mx:25: step-down cross-message → within-message: C: MAIL FROM:<…>
+/// S: 503 5.5.0 …".
+fn write_evidence(
+    out: &mut impl std::io::Write,
+    target: &Target,
+    evidence: &LevelReason,
+) -> std::io::Result<()> {
+    match evidence {
+        LevelReason::Refused(s) => {
+            write!(
+                out,
+                "pipemail: {target}: step-down {} -> {}: ",
+                s.from, s.to
+            )?;
+            match &s.command {
+                Some(c) => write!(out, "C: {} ", pipemail::text::printable_str(c))?,
+                None => write!(out, "{} ", s.verb)?,
+            }
+            writeln!(
+                out,
+                "S: {}",
+                pipemail::text::printable_str(&s.reply.to_string())
+            )
+        }
+        LevelReason::Dropped { drops, verb } => writeln!(
+            out,
+            "pipemail: {target}: the server closed the connection after a positive reply to an end of data, with {} pipelined behind it (drop {drops}; the {} lowers the level)",
+            verb,
+            ordinal(pipemail::campaign::DROPS_TO_STEP_DOWN)
+        ),
+    }
+}
+
+fn ordinal(n: u32) -> &'static str {
+    match n {
+        1 => "first",
+        2 => "second",
+        3 => "third",
+        _ => "n-th",
+    }
+}
+
 /// The terminal side of a run.
 struct Terminal {
     progress: Progress,
@@ -61,6 +106,25 @@ impl Observer for Terminal {
         if !self.quiet {
             eprintln!(
                 "pipemail: warning: {target} does not advertise PIPELINING: sending lock-step, one round trip per command"
+            );
+        }
+    }
+
+    fn pipelining_evidence(&self, target: &Target, evidence: &LevelReason) {
+        if self.verbose {
+            let mut err = std::io::stderr().lock();
+            let _ = write_evidence(&mut err, target, evidence);
+        }
+    }
+
+    fn pipelining_level(&self, change: &LevelChange) {
+        let text = change.describe();
+        self.progress.set_level(&text);
+        if !self.quiet {
+            eprintln!(
+                "pipemail: warning: {}: {}; every new session starts at that level",
+                change.target,
+                pipemail::text::printable_str(&text)
             );
         }
     }
@@ -107,6 +171,9 @@ pub(crate) fn summary_line(s: &Summary) -> String {
     line += &format!(" in {secs:.1}s ({rate:.0} msg/s)");
     if s.rt_lockstep > 0 {
         line += &format!("; {}", saved(s.rt_used, s.rt_lockstep));
+    }
+    if let Some(change) = &s.pipelining {
+        line += &format!("; {}", pipemail::text::printable_str(&change.describe()));
     }
     if s.sanitized_rows > 0 {
         line += &format!(

@@ -301,6 +301,40 @@ fn a_server_closing_after_the_dot_counts_as_refusing() {
     assert_eq!(server.messages().len(), 1);
 }
 
+/// The built-in sink hardened both ways (`pipemail sink --refuse-after-dot`, and dropping
+/// the connection): `check-server` reports the refusal, the estimate for a run that syncs at
+/// the end of data, and sends exactly one message.
+#[test]
+fn the_sink_refusing_or_dropping_after_the_dot_is_reported_refused() {
+    for after_dot in [
+        pipemail::sink::AfterDot::Refuse,
+        pipemail::sink::AfterDot::Drop,
+    ] {
+        let sink = start_sink(SinkConfig {
+            after_dot,
+            ..SinkConfig::default()
+        });
+        let out = check(
+            &host_of(&sink),
+            &["--json", "--probe-rcpt", "probe@example.net", "-n", "1000"],
+        );
+        let v = json(&out, 0);
+        let x = &v["cross_message"];
+        assert_eq!(x["result"], "refused", "{after_dot:?}: {v}");
+        assert!(
+            x["message_reply"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("250")),
+            "{after_dot:?}: {v}"
+        );
+        assert_eq!(
+            v["estimate"]["expected_round_trips"], 1003,
+            "BDAT synced at end of data, one per message: {after_dot:?}: {v}"
+        );
+        assert_eq!(sink.stats().messages, 1, "{after_dot:?}: one real message");
+    }
+}
+
 // ----- real servers ------------------------------------------------------------------------
 
 fn maildir_count(mta: &ScriptedMta, n: usize) -> usize {

@@ -404,3 +404,44 @@ fn server_refusing_commands_after_the_end_of_data_gets_every_message() {
     assert!(events.contains(&Event::Closed(None)), "{events:?}");
     server.finish();
 }
+
+/// Issue 11, the Pipeliner API: the server refuses the envelope pipelined behind the dot
+/// (503 to MAIL, RCPT and DATA). The session steps down and sends that message again; the
+/// call that sent it returns true and lists no 503 in `errors()`.
+#[test]
+fn pipeliner_hides_refusals_of_a_message_sent_again_after_a_step_down() {
+    let refused = "503 5.5.0 Error: pipelined after end of DATA\r\n";
+    let mut s = handshake();
+    s.push(expect(&envelope("a@example.com")));
+    s.push(send("250 Ok\r\n250 Ok\r\n354 go\r\n"));
+    s.push(expect(
+        &(body("a@example.com") + &envelope("b@example.com")),
+    ));
+    s.push(send(&("250 queued\r\n".to_string() + &refused.repeat(3))));
+    s.push(expect(&envelope("b@example.com")));
+    s.push(send("250 Ok\r\n250 Ok\r\n354 go\r\n"));
+    s.push(expect(&body("b@example.com")));
+    s.push(send("250 queued\r\n"));
+    s.push(expect("QUIT\r\n"));
+    s.push(send("221 bye\r\n"));
+    let server = FakeSmtp::start(vec![s]);
+    let mut smtp = Pipeliner::connect(opts(&server.host(), Duration::from_secs(10))).unwrap();
+    assert!(
+        smtp.pipeline(&env(&["a@example.com"])),
+        "{:?}",
+        smtp.errors()
+    );
+    assert!(
+        smtp.pipeline(&env(&["b@example.com"])),
+        "{:?}",
+        smtp.errors()
+    );
+    assert!(smtp.errors().is_empty(), "{:?}", smtp.errors());
+    assert_eq!(
+        smtp.rcpts_succeeded(),
+        ["a@example.com".to_string(), "b@example.com".to_string()]
+    );
+    assert!(smtp.flush(), "{:?}", smtp.errors());
+    smtp.quit().unwrap();
+    server.finish();
+}

@@ -34,6 +34,7 @@
 //! ```
 
 pub mod jobs;
+pub mod level;
 pub mod render;
 mod runner;
 pub mod schedule;
@@ -49,6 +50,7 @@ use crate::report::{Format, ResumeState};
 use crate::template::Template;
 
 pub use jobs::{Decision, JobFilter, Shard};
+pub use level::{DROPS_TO_STEP_DOWN, LevelChange, LevelReason, level_text};
 pub use render::{FromSource, Renderer, RowTemplates};
 pub use schedule::{Handled, Job, Poll, Schedule, ScheduleConfig, Verdict, backoff};
 
@@ -338,6 +340,9 @@ pub struct Summary {
     pub session_error: Option<String>,
     /// Messages the server accepted in this run (not copied from an earlier one).
     pub sent_this_run: u64,
+    /// The run lowered its pipelining level for the host (issue 11): the last such change;
+    /// `None` when it kept the level it started at.
+    pub pipelining: Option<LevelChange>,
 }
 
 /// Hooks for a front end; every method has an empty default. Called from the report thread
@@ -351,6 +356,12 @@ pub trait Observer: Send + Sync {
     fn exchange(&self, _x: &Exchange) {}
     /// The server does not offer PIPELINING and the policy is `Auto`: once per run.
     fn lockstep(&self, _target: &Target) {}
+    /// A session found evidence against its pipelining level (every time, for `-v`): the
+    /// server refused a command for its place in the pipeline, or closed the connection
+    /// after an end of data while commands were pipelined behind it.
+    fn pipelining_evidence(&self, _target: &Target, _evidence: &LevelReason) {}
+    /// The run lowered the pipelining level for its host: once per level reached.
+    fn pipelining_level(&self, _change: &LevelChange) {}
     /// First Ctrl-C: messages in flight finish, the rest is reported `deferred`.
     fn interrupted(&self) {}
     /// Second Ctrl-C (the caller usually exits the process).
@@ -412,5 +423,7 @@ pub enum CampaignError {
     Internal(&'static str),
 }
 
+#[cfg(test)]
+mod level_tests;
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::jobs::{Decision, JobFilter, row_report};
+use super::level::HostLevel;
 use super::render::Renderer;
 use super::schedule::{Job, Poll, Schedule, backoff};
 use super::session::{SessionEnd, run_session};
@@ -154,6 +155,10 @@ pub(super) struct Ctx {
     pub(super) last_error: Mutex<Option<String>>,
     pub(super) counters: Arc<Counters>,
     pub(super) observer: Arc<dyn Observer>,
+    /// The pipelining level learned for the host (issue 11).
+    pub(super) level: HostLevel,
+    /// The stage of the last session or connection error (`tls`, `auth`, `connect`).
+    pub(super) last_stage: Mutex<Stage>,
 }
 
 /// Shared with the report thread (which must not hold the report sender).
@@ -237,6 +242,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
     });
     c.stopper.attach(&queue);
     let stopper = c.stopper.clone();
+    let level = HostLevel::new(c.connect.target.clone(), c.connect.session.pipelining_level);
     let ctx = Arc::new(Ctx {
         connect: c.connect,
         renderer: Renderer::new(c.template, headers, c.from).with_row_templates(c.row_templates),
@@ -251,6 +257,8 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         last_error: Mutex::new(None),
         counters: Arc::clone(&counters),
         observer: Arc::clone(&observer),
+        level,
+        last_stage: Mutex::new(Stage::Connect),
     });
 
     // Report thread: the counts and the observer. It holds no report sender, so it ends
@@ -319,6 +327,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         .map_err(|_| CampaignError::Internal("list thread panicked"))?;
     let any_session = ctx.any_session.load(Ordering::SeqCst);
     let session_error = lock(&ctx.last_error).clone();
+    let pipelining = ctx.level.last_change();
     // Dropping the context closes the report channel: the report thread then finishes.
     let Ok(ctx) = Arc::try_unwrap(ctx) else {
         return Err(CampaignError::Internal("the run context is still shared"));
@@ -368,6 +377,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         any_session,
         session_error,
         sent_this_run: counters.sent.load(Ordering::SeqCst),
+        pipelining,
     })
 }
 
@@ -474,12 +484,16 @@ async fn worker(ctx: &Ctx) {
     let retry_delay = ctx.queue.lock().config().retry_delay;
     // Wait for work before connecting, so idle slots don't hold sessions open.
     while ctx.queue.wait_for_work().await {
-        let end = match Connection::open(&ctx.connect).await {
+        // Each session starts at the level the run learned for the host.
+        let mut connect = ctx.connect.clone();
+        connect.session.pipelining_level = ctx.level.current();
+        let end = match Connection::open(&connect).await {
             Ok(conn) => run_session(ctx, conn).await,
             Err(e) => SessionEnd {
                 established: false,
                 error: Some(e.to_string()),
-                fatal: false,
+                fatal: e.is_fatal(),
+                stage: e.stage().into(),
             },
         };
         if end.established {
@@ -487,6 +501,7 @@ async fn worker(ctx: &Ctx) {
         }
         if let Some(e) = &end.error {
             ctx.set_error(e);
+            *lock(&ctx.last_stage) = end.stage;
             if !end.established {
                 failures += 1;
                 if end.fatal || failures > retries {
@@ -509,7 +524,8 @@ async fn worker(ctx: &Ctx) {
             } else {
                 Status::Deferred
             };
-            let mut r = row_report(&job.row, status, Some(Stage::Connect), job.attempts);
+            let stage = *lock(&ctx.last_stage);
+            let mut r = row_report(&job.row, status, Some(stage), job.attempts);
             r.response = if job.uncertain {
                 format!("{UNCERTAIN_NOTE}; then {why}")
             } else {

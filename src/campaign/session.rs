@@ -9,10 +9,13 @@ use time::OffsetDateTime;
 
 use super::CampaignError;
 use super::jobs::row_report;
+use super::level::LevelReason;
 use super::runner::{Ctx, ReportMsg, UNCERTAIN_NOTE, lock};
 use super::schedule::{Handled, Job, Poll};
 use crate::driver::Connection;
-use crate::engine::{Event, Extensions, PipeliningPolicy, RcptOutcome, SessionError};
+use crate::engine::{
+    Event, Extensions, PipeliningLevel, PipeliningPolicy, RcptOutcome, SessionError,
+};
 use crate::report::{Stage, Status};
 
 pub(super) struct SessionEnd {
@@ -20,6 +23,8 @@ pub(super) struct SessionEnd {
     pub(super) error: Option<String>,
     /// Retrying cannot help (TLS/pipelining required but absent, AUTH refused...).
     pub(super) fatal: bool,
+    /// The stage rows left unsent by this error are reported at (`tls`, `auth`, `connect`).
+    pub(super) stage: Stage,
 }
 
 struct InFlight {
@@ -50,6 +55,27 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                 }
                 Event::Exchange(x) => ctx.observer.exchange(&x),
                 Event::Recipient(o) => on_outcome(ctx, &mut inflight, o),
+                Event::SteppedDown(sd) => {
+                    let bdat = conn.session_ref().bdat_mode();
+                    let evidence = LevelReason::Refused(sd.clone());
+                    ctx.observer
+                        .pipelining_evidence(&ctx.connect.target, &evidence);
+                    if let Some(change) = ctx.level.stepped_down(&sd, bdat) {
+                        ctx.observer.pipelining_level(&change);
+                    }
+                }
+                Event::ClosedAfterEndOfData { level, verb }
+                    if level < PipeliningLevel::WithinMessage =>
+                {
+                    let bdat = conn.session_ref().bdat_mode();
+                    let (drops, change) = ctx.level.dropped(verb, bdat);
+                    let evidence = LevelReason::Dropped { drops, verb };
+                    ctx.observer
+                        .pipelining_evidence(&ctx.connect.target, &evidence);
+                    if let Some(change) = change {
+                        ctx.observer.pipelining_level(&change);
+                    }
+                }
                 Event::Closed(e) => end_error = e,
                 _ => {}
             }
@@ -124,22 +150,15 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
         inflight.is_empty(),
         "the engine reports every message it was given"
     );
-    let fatal = matches!(
-        end_error,
-        Some(
-            SessionError::TlsRequired(_)
-                | SessionError::PipeliningRequired
-                | SessionError::AuthOverPlaintext
-                | SessionError::AuthUnsupported(_)
-                | SessionError::AuthMechanismNotOffered(..)
-                | SessionError::AuthFailed(_)
-                | SessionError::Tls(_)
-        )
-    ) || matches!(&end_error, Some(SessionError::Greeting(r) | SessionError::Helo(r)) if r.is_permanent());
+    let fatal = end_error.as_ref().is_some_and(SessionError::is_fatal);
+    let stage = end_error
+        .as_ref()
+        .map_or(Stage::Connect, |e| e.stage().into());
     SessionEnd {
         established,
         error: end_error.map(|e| e.to_string()),
         fatal,
+        stage,
     }
 }
 

@@ -12,7 +12,7 @@ use crate::sink::{SinkConfig, SinkHandle};
 
 const TEMPLATE: &str = "From: Sender <sender@example.org>\nTo: {{ email }}\nSubject: Hi {{ name }}\n\nHello {{ name }}.\n";
 
-fn sink(cfg: SinkConfig) -> SinkHandle {
+pub(super) fn sink(cfg: SinkConfig) -> SinkHandle {
     SinkHandle::start(
         "127.0.0.1:0".parse().expect("address"),
         SinkConfig {
@@ -23,7 +23,7 @@ fn sink(cfg: SinkConfig) -> SinkHandle {
     .expect("start sink")
 }
 
-fn campaign(sink: &SinkHandle, csv: &str) -> Campaign {
+pub(super) fn campaign(sink: &SinkHandle, csv: &str) -> Campaign {
     let reader: Box<dyn Read + Send> = Box::new(Cursor::new(csv.as_bytes().to_vec()));
     let list = ListReader::new(reader, "list.csv").expect("list");
     let template = Template::parse(TEMPLATE.as_bytes(), "t.eml", list.headers()).expect("t");
@@ -48,7 +48,7 @@ fn campaign(sink: &SinkHandle, csv: &str) -> Campaign {
     c
 }
 
-fn list(n: u64) -> String {
+pub(super) fn list(n: u64) -> String {
     let mut s = String::from("email,name\n");
     for i in 1..=n {
         s += &format!("r{i}@example.net,R{i}\n");
@@ -243,4 +243,32 @@ fn stop_before_the_run_sends_nothing_and_reports_every_row() {
     let summary = c.run(Arc::new(NoObserver)).expect("run");
     assert_eq!((summary.rows, summary.deferred), (5, 5), "{summary:?}");
     assert_eq!(s.stop().sessions, 0);
+}
+
+/// Rows a refused AUTH kept from being sent are reported at stage `auth`, and the run stops
+/// at the first such session (`SessionError::is_fatal`) instead of retrying.
+#[test]
+fn rows_kept_back_by_a_refused_auth_have_stage_auth() {
+    let s = sink(SinkConfig {
+        auth: Some(("user".into(), "right".into())),
+        allow_plain_auth: true,
+        ..SinkConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("r.jsonl");
+    let mut c = campaign(&s, &list(3));
+    c.connect.session.auth = Some(engine::Credentials {
+        username: "user".into(),
+        password: engine::Secret::new("wrong"),
+    });
+    c.connect.session.allow_plaintext_auth = true;
+    c.report = Some((path.display().to_string(), Format::Jsonl));
+    let summary = c.run(Arc::new(NoObserver)).expect("run");
+    assert_eq!((summary.rows, summary.sent), (3, 0), "{summary:?}");
+    let text = std::fs::read_to_string(&path).expect("report");
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+        assert_eq!(v["stage"], "auth", "{l}");
+    }
+    assert_eq!(s.stop().sessions, 1, "a refused AUTH is not retried");
 }

@@ -147,6 +147,14 @@ pub(super) struct Msg {
     /// The server refused its MAIL because it followed an end of data: the remaining
     /// replies are ignored and the message is sent again.
     pub(super) refused: bool,
+    /// Its MAIL got a "bad sequence" reply while the server may still have held the last
+    /// failed transaction open ("503 sender already given"): its RCPTs and data join that
+    /// transaction, so their replies decide its recipients, not the MAIL's.
+    pub(super) joined: bool,
+    /// The MAIL command as sent, kept as evidence while `joined` (transcript only).
+    pub(super) mail_line: Option<String>,
+    /// BDAT mode: RSET was asked for as soon as every RCPT failed (not again at BDAT's reply).
+    pub(super) rset_asked: bool,
 }
 
 impl Msg {
@@ -167,6 +175,9 @@ impl Msg {
             hollow: false,
             pipelined,
             refused: false,
+            joined: false,
+            mail_line: None,
+            rset_asked: false,
         }
     }
 
@@ -181,7 +192,7 @@ impl Msg {
     }
 
     pub(super) fn mail_ok(&self) -> bool {
-        self.mail.as_ref().is_some_and(Reply::is_positive)
+        self.joined || self.mail.as_ref().is_some_and(Reply::is_positive)
     }
 
     /// MAIL and at least one RCPT were accepted.
@@ -200,7 +211,10 @@ impl Msg {
         last: Option<(Stage, &Reply)>,
     ) -> Vec<(usize, Delivery, Stage, Reply)> {
         let mut out = Vec::new();
-        let mail_failed = self.mail.as_ref().filter(|r| !r.is_positive());
+        let mail_failed = self
+            .mail
+            .as_ref()
+            .filter(|r| !self.joined && !r.is_positive());
         for (idx, r) in self.rcpt.iter().enumerate() {
             if self.reported[idx] {
                 continue;

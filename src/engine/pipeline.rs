@@ -198,6 +198,11 @@ impl InFlight {
         self.eods = 0;
     }
 
+    /// True while an end of data is unanswered.
+    pub(super) fn has_eod(&self) -> bool {
+        self.eods > 0
+    }
+
     /// Round trips waited for so far: the depth of the chain of answered replies.
     pub(super) fn rounds(&self) -> u64 {
         self.seen

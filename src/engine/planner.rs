@@ -115,6 +115,13 @@ impl Session {
                 } else if self.active.iter().any(|m| m.state != MsgState::Committed) {
                     break;
                 }
+                if self.rset_before_mail && pipelining && self.in_flight.has_eod() {
+                    // The server once kept a failed transaction open: reset whatever the
+                    // end of data in flight leaves behind (ungated; see `stepdown.rs`).
+                    let start = out.len();
+                    command::rset(out);
+                    self.record(Awaiting::Rset(false), out, start);
+                }
                 let msg = match self.retry.pop_front() {
                     Some(m) => m,
                     None => self.queue.pop_front().expect("front() was Some"),

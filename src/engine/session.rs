@@ -98,6 +98,11 @@ pub struct Session {
     pub(super) next_seq: u64,
     pub(super) events: VecDeque<Event>,
     pub(super) rset_needed: bool,
+    /// The server may still hold a failed transaction open (see `stepdown.rs`).
+    pub(super) txn_open: bool,
+    /// The server kept a failed transaction open once: RSET precedes every MAIL written
+    /// behind an unanswered end of data.
+    pub(super) rset_before_mail: bool,
     pub(super) flush_requested: bool,
     pub(super) quit_requested: bool,
     /// Error to report once QUIT is answered (a refusal decided locally).
@@ -137,6 +142,8 @@ impl Session {
             next_seq: 0,
             events: VecDeque::new(),
             rset_needed: false,
+            txn_open: false,
+            rset_before_mail: false,
             flush_requested: false,
             quit_requested: false,
             quit_error: None,
@@ -444,16 +451,17 @@ impl Session {
             Awaiting::Greeting => self.on_greeting(reply),
             Awaiting::Handshake(v) => self.on_handshake_reply(v, reply),
             Awaiting::Msg { seq, verb, rcpt } => {
-                if refuses_sequence(&reply) {
-                    self.check_refusal(seq, verb, p.after_eod, p.line, &reply);
-                }
+                self.before_msg_reply(seq, verb, p.after_eod, p.line, &reply);
                 self.on_msg_reply(seq, verb, rcpt, reply);
+                self.after_msg_reply(seq, verb, rcpt);
             }
             Awaiting::Rset(gated) => {
                 if gated && p.after_eod && refuses_sequence(&reply) {
                     // Nothing followed it in that write: step down and send it again.
                     self.rset_refused_after_eod(p.line, reply);
-                } else if !reply.is_positive() {
+                } else if reply.is_positive() {
+                    self.txn_open = false;
+                } else {
                     // The old transaction may still be open; a new MAIL could add to it.
                     let e = ProtocolError::UnexpectedCode {
                         verb: Verb::Rset,
@@ -512,6 +520,7 @@ impl Session {
                 if lockstep && rcpt + 1 == m.to.len() && !m.accepted_any() {
                     // MAIL was accepted: the transaction stays open until RSET.
                     self.rset_needed |= m.mail_ok();
+                    self.txn_open |= m.mail_ok();
                     self.report_envelope(i, None);
                     self.finish(i);
                 }
@@ -525,6 +534,7 @@ impl Session {
                 } else {
                     self.report_envelope(i, Some((Stage::Data, &reply)));
                     self.rset_needed = true;
+                    self.txn_open |= self.active[i].mail_ok();
                     self.finish(i);
                 }
             }
@@ -533,8 +543,10 @@ impl Session {
                 self.finish(i);
             }
             Verb::Bdat => {
-                if !reply.is_positive() && self.active[i].mail_ok() {
+                let m = &self.active[i];
+                if !reply.is_positive() && m.mail_ok() && !m.rset_asked {
                     self.rset_needed = true; // RFC 3030 §3: the transaction failed
+                    self.txn_open = true;
                 }
                 self.committed_octets -= self.active[i].octets;
                 self.report_envelope(i, Some((Stage::Body, &reply)));

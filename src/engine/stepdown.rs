@@ -13,11 +13,20 @@
 //!
 //! Either way the rest of that transaction's replies are ignored, no recipient of it is
 //! reported, and the message goes back to the front of the queue (`Session::retry`).
+//!
+//! Not evidence: a "bad sequence" reply to a MAIL while the server may still hold the last
+//! transaction open (its end of data, or all its RCPTs, refused after MAIL was accepted).
+//! Exim 4.96 keeps that transaction after `503 Valid RCPT command must precede BDAT` and
+//! answers the next pipelined MAIL `503 sender already given`; the RCPTs and data written
+//! behind it then join the old transaction and are delivered. Such a message is `joined`:
+//! its RCPT and end-of-data replies decide its recipients, and from then on RSET precedes
+//! every MAIL written behind an unanswered end of data. Only when every one of its RCPTs is
+//! refused the same way is the MAIL's reply taken as the after-dot refusal above.
 
 use super::command::Verb;
 use super::event::{Event, StepDown};
 use super::outcome::MsgState;
-use super::pipeline::PipeliningLevel;
+use super::pipeline::{PipeliningLevel, refuses_sequence};
 use super::reply::Reply;
 use super::session::Session;
 
@@ -34,7 +43,7 @@ impl Session {
     ) {
         let Some(i) = self.index_of(seq) else { return };
         let m = &self.active[i];
-        if !m.pipelined || m.refused {
+        if !m.pipelined || m.refused || m.joined {
             return;
         }
         let to = match verb {
@@ -53,6 +62,66 @@ impl Session {
                 reply: reply.clone(),
             }));
             self.level = to;
+        }
+    }
+
+    /// Before a reply to a command of message `seq` is handled: transaction bookkeeping and
+    /// the evidence checks.
+    pub(super) fn before_msg_reply(
+        &mut self,
+        seq: u64,
+        verb: Verb,
+        after_eod: bool,
+        command: Option<String>,
+        reply: &Reply,
+    ) {
+        let positive = reply.is_positive();
+        if positive && matches!(verb, Verb::Mail | Verb::Body | Verb::Bdat) {
+            self.txn_open = false;
+        }
+        if !refuses_sequence(reply) {
+            return;
+        }
+        if verb == Verb::Mail && self.txn_open {
+            let msg = self.index_of(seq).map(|i| &mut self.active[i]);
+            if let Some(m) = msg.filter(|m| m.pipelined && !m.refused) {
+                m.joined = true;
+                m.mail_line = command;
+            }
+            return;
+        }
+        self.check_refusal(seq, verb, after_eod, command, reply);
+    }
+
+    /// After a reply to RCPT number `rcpt` of message `seq` was handled: settles a `joined`
+    /// message once its last RCPT is answered, and in BDAT mode asks for RSET as soon as
+    /// every RCPT of a message failed (its `BDAT … LAST` will be refused, and the server may
+    /// keep the transaction).
+    pub(super) fn after_msg_reply(&mut self, seq: u64, verb: Verb, rcpt: usize) {
+        let Some(i) = self.index_of(seq) else { return };
+        let m = &self.active[i];
+        if verb != Verb::Rcpt || !m.pipelined || m.refused || rcpt + 1 != m.to.len() {
+            return;
+        }
+        let accepted = m.accepted_any();
+        if m.joined && accepted {
+            self.rset_before_mail = true;
+        } else if m.joined {
+            let all_refused = m.rcpt.iter().flatten().all(refuses_sequence);
+            if !all_refused {
+                return; // the server's own answers: reported as they are
+            }
+            // Nothing joined the old transaction: the MAIL's reply was the refusal of a
+            // command written after the end of data.
+            let m = &mut self.active[i];
+            m.joined = false;
+            let command = m.mail_line.take();
+            let Some(reply) = m.mail.clone() else { return };
+            self.check_refusal(seq, Verb::Mail, true, command, &reply);
+        } else if !accepted && m.mail_ok() && self.bdat_mode() {
+            self.rset_needed = true;
+            self.txn_open = true;
+            self.active[i].rset_asked = true;
         }
     }
 
@@ -90,6 +159,7 @@ impl Session {
                 let m = self.active.remove(i).expect("index from index_of");
                 // MAIL was accepted: that transaction is open until RSET.
                 self.rset_needed |= m.mail_ok();
+                self.txn_open |= m.mail_ok();
                 self.retry.push_back(m.into_message());
             }
             _ => {}

@@ -165,7 +165,7 @@ fn exit_69_when_starttls_is_required_but_not_offered() {
     expect_code(&out, 69);
     assert!(out.stderr.contains("STARTTLS"), "{out}");
     let rows = read_report(&fx.path("r.csv"));
-    assert_all_deferred_at_connect(&rows, 3);
+    assert_all_deferred_at(&rows, 3, "tls");
     assert!(rows[0].response.contains("STARTTLS"), "{rows:?}");
     assert!(sink.messages().is_empty(), "no mail over plain text");
     assert_eq!(sink.stats().messages, 0);

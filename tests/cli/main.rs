@@ -307,11 +307,17 @@ fn simple_fixture() -> Fx {
 /// Every row `deferred` at stage `connect`, never attempted.
 #[track_caller]
 fn assert_all_deferred_at_connect(rows: &[Row], n: usize) {
+    assert_all_deferred_at(rows, n, "connect");
+}
+
+/// As [`assert_all_deferred_at_connect`], at `stage` (`tls`, `auth`: issue 11).
+#[track_caller]
+fn assert_all_deferred_at(rows: &[Row], n: usize, stage: &str) {
     assert_eq!(rows.len(), n, "{rows:#?}");
     by_row(rows);
     for r in rows {
         assert_eq!(r.status, "deferred", "{r:?}");
-        assert_eq!(r.stage.as_deref(), Some("connect"), "{r:?}");
+        assert_eq!(r.stage.as_deref(), Some(stage), "{r:?}");
         assert_eq!(r.attempts, 0, "{r:?}");
         assert!(r.response.starts_with("not sent: "), "{r:?}");
     }

@@ -182,7 +182,7 @@ fn auth_over_plaintext_is_refused_unless_allowed() {
     expect_code(&out, 69);
     assert!(!out.stderr.contains("C: AUTH"), "no AUTH was sent\n{out}");
     assert_no_secret("stderr", &out.stderr);
-    assert_all_deferred_at_connect(&read_report(&fx.path("r.csv")), 3);
+    assert_all_deferred_at(&read_report(&fx.path("r.csv")), 3, "auth");
     assert!(sink.messages().is_empty());
     assert_eq!(sink.stats().sessions, 1, "refusing AUTH is not retried");
 
@@ -243,7 +243,7 @@ fn self_signed_certificate_is_rejected_without_ca_file_or_insecure() {
     expect_code(&out, 69);
     assert!(out.stderr.contains("certificate"), "{out}");
     let rows = read_report(&fx.path("r.csv"));
-    assert_all_deferred_at_connect(&rows, 3);
+    assert_all_deferred_at(&rows, 3, "tls");
     assert!(sink.messages().is_empty());
 
     // The CA file makes it work, over TLS.
@@ -287,4 +287,64 @@ fn server_without_pipelining_gets_lock_step_and_a_warning() {
         out.stderr
     );
     assert_eq!(sink.messages().len(), 2);
+}
+
+// ----- a host that refuses pipelining after the end of data (issue 11) ----------------------
+
+/// `pipemail send` against `sink --refuse-after-dot` over 4 connections: every row sent once,
+/// one warning on stderr however many sessions stepped down, `-v` shows the refused command
+/// and the server's reply, and the summary line names the level used.
+#[test]
+fn refusing_after_the_dot_warns_once_and_the_summary_names_the_level() {
+    let fx = Fx::new();
+    let mut list = String::from("email,name\n");
+    for i in 1..=60 {
+        list += &format!("d{i}@x.example,D{i}\n");
+    }
+    fx.write("list.csv", &list);
+    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let sink = util::sink_with(SinkConfig {
+        keep_in_memory: true,
+        chunking: false,
+        after_dot: pipemail::sink::AfterDot::Refuse,
+        ..SinkConfig::default()
+    });
+    let mut c = fx.send(&host_of(&sink));
+    c.args([
+        "--list",
+        "list.csv",
+        "--template",
+        "t.eml",
+        "--report",
+        "r.csv",
+        "-v",
+    ])
+    .args(["--connections", "4"]);
+    let out = run(c);
+    expect_code(&out, 0);
+    let rows = by_row(&read_report(&fx.path("r.csv")));
+    assert_eq!(rows.len(), 60);
+    assert!(rows.values().all(|r| r.status == "sent"), "{rows:?}");
+    let want: BTreeMap<String, usize> = (1..=60).map(|i| (format!("d{i}@x.example"), 1)).collect();
+    assert_eq!(deliveries(&sink.messages()), want);
+    let warnings = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning:") && l.contains("refused pipelining"))
+        .count();
+    assert_eq!(warnings, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.lines().any(|l| l
+            .contains("step-down cross-message -> within-message: C: MAIL FROM:")
+            && l.contains("S: 503")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(
+            "; server refused pipelining after end of data: synced at end of data (2 round trips/message)"
+        ),
+        "{}",
+        out.stderr
+    );
 }
