@@ -254,10 +254,14 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
                     anyhow!("--resume {}: no such file", p.display()),
                 ));
             }
-            Some(
-                ResumeState::load(&p.display().to_string())
-                    .map_err(|e| fail(Exit::DataErr, anyhow!("--resume {}: {e}", p.display())))?,
-            )
+            Some(ResumeState::load(&p.display().to_string()).map_err(|e| {
+                // A carry file that cannot be created safely is an I/O error (74).
+                let exit = match e {
+                    pipemail::report::ReportError::Create(_) => Exit::IoErr,
+                    _ => Exit::DataErr,
+                };
+                fail(exit, anyhow!("--resume {}: {e}", p.display()))
+            })?)
         }
         None => None,
     };

@@ -1,11 +1,12 @@
 //! `--resume`: reads an earlier report and its journal; remembers what was sent.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::journal::{JournalLine, carry_path, journal_path, remove_if_exists};
+use crate::fsutil::{AtomicFile, FsError};
 use time::OffsetDateTime;
 
 use super::{COLUMNS, ReportRow, Status};
@@ -42,6 +43,9 @@ pub enum ReportError {
     /// The report was written to standard output.
     #[error("cannot resume from a report written to standard output (-)")]
     Stdout,
+    /// The carry file could not be created safely (a symlink planted at its path, say).
+    #[error("cannot write the resume carry file: {0}")]
+    Create(#[source] FsError),
 }
 
 /// What an earlier run did for an address.
@@ -265,15 +269,18 @@ impl ResumeState {
                 path: report_path.to_owned(),
             });
         }
-        let tmp = PathBuf::from(format!("{report_path}.resume.tmp"));
         let io_at = |p: &Path| {
             let path = p.display().to_string();
             move |error| ReportError::Io { path, error }
         };
-        let mut out = BufWriter::new(File::create(&tmp).map_err(io_at(&tmp))?);
+        // The new carry file is written beside the old one under a temporary name (mode
+        // 0600, never through a symlink) and renamed into place once complete.
+        let atomic = AtomicFile::create(&carry).map_err(ReportError::Create)?;
+        let tmp = atomic.temp_path().to_owned();
+        let mut out = BufWriter::new(atomic);
         let mut count = 0u64;
         let mut line = Vec::with_capacity(512);
-        let mut keep = |row: &ReportRow, out: &mut BufWriter<File>| -> io::Result<()> {
+        let mut keep = |row: &ReportRow, out: &mut BufWriter<AtomicFile>| -> io::Result<()> {
             if matches!(row.status, Status::Sent | Status::Unknown) {
                 line.clear();
                 serde_json::to_writer(&mut line, row)?;
@@ -316,10 +323,8 @@ impl ResumeState {
             result.map_err(io_at(&tmp))?;
         }
         drop(in_report);
-        let file = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_at(&tmp))?;
-        drop(file);
-        fs::rename(&tmp, &carry).map_err(io_at(&carry))?;
+        let atomic = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
+        atomic.commit().map_err(ReportError::Create)?;
         if journal.exists() {
             remove_if_exists(&journal).map_err(io_at(&journal))?;
         }
