@@ -35,7 +35,9 @@ fn main() -> ExitCode {
             if is_broken_pipe(&f.error) {
                 return Exit::Ok.into();
             }
-            eprintln!("pipemail: error: {:#}", f.error);
+            // Errors quote server replies, list values and file names: shown inert.
+            let text = format!("{:#}", f.error);
+            eprintln!("pipemail: error: {}", pipemail::text::printable_str(&text));
             if let Some(h) = f.exit.hint() {
                 eprintln!("pipemail: hint: {h}");
             }
@@ -63,7 +65,8 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             let summary = send::run(plan)?;
             let exit = exit::for_summary(&summary);
             if !quiet || exit != Exit::Ok {
-                eprintln!("pipemail: {}", send::summary_line(&summary));
+                let line = send::summary_line(&summary);
+                eprintln!("pipemail: {}", pipemail::text::printable_str(&line));
             }
             // 69 and 75 come from a finished run, not from an error: their hints go here.
             if let Some(h) = exit.hint() {
@@ -106,8 +109,8 @@ fn report_failure(e: pipemail::review::ReviewError) -> Result<Exit, Failure> {
 }
 
 fn bounces(a: cli::BouncesArgs) -> Result<Exit, Failure> {
-    use pipemail::text::printable_str;
     use pipemail::bounces::{self, Mailbox};
+    use pipemail::text::printable_str;
     let mailbox = match (a.maildir, a.mbox) {
         (Some(d), _) => Mailbox::Maildir(d),
         (None, Some(f)) => Mailbox::Mbox(f),

@@ -133,7 +133,7 @@ impl Progress {
             bar.set_style(style.progress_chars("=> "));
         }
         if let Some(l) = label {
-            bar.set_prefix(format!("{l:<10} "));
+            bar.set_prefix(format!("{:<10} ", pipemail::text::printable_str(l)));
         }
         bar.enable_steady_tick(Duration::from_millis(200));
         Self { bar }

@@ -7,6 +7,7 @@ use std::io::Write as _;
 use pipemail::campaign::{DryRunEvent, Observer, RoundTrips, Summary, Tally};
 use pipemail::driver::Target;
 use pipemail::engine::Exchange;
+use pipemail::text::printable_str;
 
 use crate::config::SendPlan;
 use crate::exit::{Exit, Failure, for_campaign};
@@ -19,9 +20,11 @@ pub(crate) fn print_exchange(x: &Exchange) {
     let _ = write_exchange(&mut err, x);
 }
 
+/// Every line is shown inert ([`printable_str`]): a server's reply text (and a command
+/// echoing list values) cannot move the terminal's cursor, recolour it or retitle it.
 fn write_exchange(out: &mut impl std::io::Write, x: &Exchange) -> std::io::Result<()> {
     if !x.command.is_empty() {
-        writeln!(out, "C: {}", x.command)?;
+        writeln!(out, "C: {}", printable_str(&x.command))?;
     }
     let n = x.reply.lines.len();
     for (i, line) in x.reply.lines.iter().enumerate() {
@@ -30,7 +33,7 @@ fn write_exchange(out: &mut impl std::io::Write, x: &Exchange) -> std::io::Resul
         if let Some(e) = x.reply.enhanced.filter(|_| i == 0) {
             write!(out, "{e} ")?;
         }
-        writeln!(out, "{line}")?;
+        writeln!(out, "{}", printable_str(line))?;
     }
     Ok(())
 }
@@ -59,8 +62,10 @@ impl Observer for Terminal {
 
     fn lockstep(&self, target: &Target) {
         if !self.quiet {
+            let target = target.to_string();
             eprintln!(
-                "pipemail: warning: {target} does not advertise PIPELINING: sending lock-step, one round trip per command"
+                "pipemail: warning: {} does not advertise PIPELINING: sending lock-step, one round trip per command",
+                printable_str(&target)
             );
         }
     }
@@ -116,7 +121,7 @@ pub(crate) fn summary_line(s: &Summary) -> String {
     }
     if let Some(e) = &s.session_error {
         if !s.any_session {
-            line += &format!("; no session: {e}");
+            line += &format!("; no session: {}", printable_str(e));
         }
     }
     line
@@ -136,7 +141,7 @@ pub(crate) fn dry_run(plan: SendPlan) -> Result<Exit, Failure> {
                 }
             }
             DryRunEvent::Problem { row, line, text } => {
-                eprintln!("pipemail: row {row} (line {line}): {text}");
+                eprintln!("pipemail: row {row} (line {line}): {}", printable_str(text));
             }
         })
         .map_err(|e| Failure::new(for_campaign(&e), e))?;
