@@ -362,3 +362,30 @@ Diagnostic-Code: smtp; =cmd|' /C calc'!A0 \x1b[31mgone\r\n\r\n\
     assert!(b3[5].starts_with('\''), "{:?}", b3[5]);
     assert!(b3[5].contains(r"\x1b[31mgone"), "{:?}", b3[5]);
 }
+
+#[test]
+fn a_list_address_with_a_bidi_control_fails_at_input_and_is_reported_escaped() {
+    let sink = util::mem_sink();
+    let fx = Fx::new();
+    fx.write(
+        "list.csv",
+        "email,name\nok@x.example,A\nmoc.elgoog\u{202e}@x.example,B\n",
+    );
+    fx.write("t.eml", TEMPLATE);
+    let mut c = fx.cmd();
+    c.args(["send", "--host", &util::host_of(&sink), "--helo", "c.test"])
+        .args(["--tls", "none", "--retries", "0", "--list", "list.csv"])
+        .args(["--template", "t.eml", "--report", "r.csv"]);
+    let out = run(c);
+    expect_code(&out, 1);
+    assert_inert("stderr", out.stderr.as_bytes());
+    assert_inert(
+        "CSV report",
+        &std::fs::read(fx.path("r.csv")).expect("report"),
+    );
+    let cells = csv_cells(&fx.path("r.csv"));
+    let bad = cells.iter().find(|r| r[0] == "2").expect("row 2");
+    assert_eq!(bad[1], r"moc.elgoog\u{202e}@x.example");
+    assert_eq!((bad[2].as_str(), bad[6].as_str()), ("failed", "input"));
+    assert_eq!(sink.messages().len(), 1, "only the clean address was sent");
+}
