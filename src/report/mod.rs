@@ -17,6 +17,12 @@
 //!   line with `]` to make it valid JSON); [`ResumeState::load`] reads it as it is. Rows are
 //!   never rewritten, so nothing is lost if the process dies at any point.
 //!
+//! Text is written inert (issue 16): every text cell made printable
+//! ([`crate::text::printable_str`]) in all three formats, and every CSV cell formula-guarded
+//! ([`crate::text::guard_cell`]); the CSV reader removes the guard
+//! ([`crate::text::unguard_cell`]). The report, journal and carry file are created without
+//! following a symlink ([`crate::fsutil`]).
+//!
 //! # Journal (crash safety)
 //!
 //! [`Journal`] appends `{"row":N,"email":"…"}` lines to `<report>.journal` for every message
