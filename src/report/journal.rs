@@ -2,11 +2,11 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-
-use crate::fsutil::{self, FsError};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{self, FsError};
 
 /// `<report>.journal`, or `None` for a report on standard output.
 pub fn journal_path(report_path: &str) -> Option<PathBuf> {
