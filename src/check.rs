@@ -166,6 +166,8 @@ pub(crate) fn run(a: &CheckArgs) -> Result<Exit, Failure> {
         )
         .await
     })?;
+    let mut report = report;
+    human::make_inert(&mut report);
     if a.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| fail(Exit::Software, e))?;
         println!("{text}");
@@ -278,7 +280,11 @@ async fn probe(
             Ok((v, c)) => (Some(v), Some(c)),
             Err(e) => {
                 if verbose {
-                    eprintln!("pipemail: TLS version probe: {e}");
+                    let e = e.to_string();
+                    eprintln!(
+                        "pipemail: TLS version probe: {}",
+                        pipemail::text::printable_str(&e)
+                    );
                 }
                 (None, None)
             }

@@ -291,9 +291,14 @@ fn load_resume(path: Option<&Path>, dry_run: bool) -> Result<Option<ResumeState>
     } else {
         ResumeState::load(&name)
     };
-    state
-        .map(Some)
-        .map_err(|e| fail(Exit::DataErr, anyhow!("--resume {}: {e}", p.display())))
+    state.map(Some).map_err(|e| {
+        // A carry file that cannot be created safely is an I/O error (74).
+        let exit = match e {
+            pipemail::report::ReportError::Create(_) => Exit::IoErr,
+            _ => Exit::DataErr,
+        };
+        fail(exit, anyhow!("--resume {}: {e}", p.display()))
+    })
 }
 
 // ----- shards beyond one machine ------------------------------------------------------------

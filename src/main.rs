@@ -52,7 +52,9 @@ fn print_failure(f: Failure) -> ExitCode {
     if is_broken_pipe(&f.error) {
         return Exit::Ok.into();
     }
-    eprintln!("pipemail: error: {:#}", f.error);
+    // Errors quote server replies, list values and file names: shown inert.
+    let text = format!("{:#}", f.error);
+    eprintln!("pipemail: error: {}", pipemail::text::printable_str(&text));
     if let Some(h) = f.exit.hint() {
         eprintln!("pipemail: hint: {h}");
     }
@@ -78,7 +80,8 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
             let summary = send::run(plan)?;
             let exit = exit::for_summary(&summary);
             if !quiet || exit != Exit::Ok {
-                eprintln!("pipemail: {}", send::summary_line(&summary));
+                let line = send::summary_line(&summary);
+                eprintln!("pipemail: {}", pipemail::text::printable_str(&line));
             }
             // 69 and 75 come from a finished run, not from an error: their hints go here.
             if let Some(h) = exit.hint() {

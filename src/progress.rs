@@ -214,7 +214,7 @@ impl Progress {
         }
         let mut prefix_width = 0;
         if let Some(l) = label {
-            let p = format!("{l:<10} ");
+            let p = format!("{:<10} ", pipemail::text::printable_str(l));
             prefix_width = p.chars().count();
             bar.set_prefix(p);
         }

@@ -9,6 +9,7 @@ use pipemail::campaign::{
 };
 use pipemail::driver::Target;
 use pipemail::engine::Exchange;
+use pipemail::text::printable_str;
 
 use crate::config::SendPlan;
 use crate::exit::{Exit, Failure, for_campaign};
@@ -21,9 +22,11 @@ pub(crate) fn print_exchange(x: &Exchange) {
     let _ = write_exchange(&mut err, x);
 }
 
+/// Every line is shown inert ([`printable_str`]): a server's reply text (and a command
+/// echoing list values) cannot move the terminal's cursor, recolour it or retitle it.
 fn write_exchange(out: &mut impl std::io::Write, x: &Exchange) -> std::io::Result<()> {
     if !x.command.is_empty() {
-        writeln!(out, "C: {}", x.command)?;
+        writeln!(out, "C: {}", printable_str(&x.command))?;
     }
     let n = x.reply.lines.len();
     for (i, line) in x.reply.lines.iter().enumerate() {
@@ -32,7 +35,7 @@ fn write_exchange(out: &mut impl std::io::Write, x: &Exchange) -> std::io::Resul
         if let Some(e) = x.reply.enhanced.filter(|_| i == 0) {
             write!(out, "{e} ")?;
         }
-        writeln!(out, "{line}")?;
+        writeln!(out, "{}", printable_str(line))?;
     }
     Ok(())
 }
@@ -53,14 +56,10 @@ fn write_evidence(
                 s.from, s.to
             )?;
             match &s.command {
-                Some(c) => write!(out, "C: {} ", pipemail::text::printable_str(c))?,
+                Some(c) => write!(out, "C: {} ", printable_str(c))?,
                 None => write!(out, "{} ", s.verb)?,
             }
-            writeln!(
-                out,
-                "S: {}",
-                pipemail::text::printable_str(&s.reply.to_string())
-            )
+            writeln!(out, "S: {}", printable_str(&s.reply.to_string()))
         }
         LevelReason::Dropped { drops, verb } => writeln!(
             out,
@@ -104,8 +103,10 @@ impl Observer for Terminal {
 
     fn lockstep(&self, target: &Target) {
         if !self.quiet {
+            let target = target.to_string();
             eprintln!(
-                "pipemail: warning: {target} does not advertise PIPELINING: sending lock-step, one round trip per command"
+                "pipemail: warning: {} does not advertise PIPELINING: sending lock-step, one round trip per command",
+                printable_str(&target)
             );
         }
     }
@@ -124,7 +125,7 @@ impl Observer for Terminal {
             eprintln!(
                 "pipemail: warning: {}: {}; every new session starts at that level",
                 change.target,
-                pipemail::text::printable_str(&text)
+                printable_str(&text)
             );
         }
     }
@@ -173,7 +174,7 @@ pub(crate) fn summary_line(s: &Summary) -> String {
         line += &format!("; {}", saved(s.rt_used, s.rt_lockstep));
     }
     if let Some(change) = &s.pipelining {
-        line += &format!("; {}", pipemail::text::printable_str(&change.describe()));
+        line += &format!("; {}", printable_str(&change.describe()));
     }
     if s.sanitized_rows > 0 {
         line += &format!(
@@ -184,7 +185,7 @@ pub(crate) fn summary_line(s: &Summary) -> String {
     if let Some(e) = &s.session_error
         && !s.any_session
     {
-        line += &format!("; no session: {e}");
+        line += &format!("; no session: {}", printable_str(e));
     }
     line
 }
@@ -203,7 +204,7 @@ pub(crate) fn dry_run(plan: SendPlan) -> Result<Exit, Failure> {
                 }
             }
             DryRunEvent::Problem { row, line, text } => {
-                eprintln!("pipemail: row {row} (line {line}): {text}");
+                eprintln!("pipemail: row {row} (line {line}): {}", printable_str(text));
             }
         })
         .map_err(|e| Failure::new(for_campaign(&e), e))?;

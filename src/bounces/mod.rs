@@ -308,8 +308,12 @@ pub fn run(opts: &Options, stdout: &mut dyn Write) -> Result<Summary, BounceErro
                 path: path.to_owned(),
                 source,
             };
-            let mut f = File::create(path).map_err(write_err)?;
+            // Written beside the destination and renamed into place: never through a
+            // symlink planted at `path`, and a failed run leaves the old file whole.
+            let fs_err = |e: crate::fsutil::FsError| write_err(io::Error::other(e));
+            let mut f = crate::fsutil::AtomicFile::create(path).map_err(fs_err)?;
             report.write(&mut f).map_err(write_err)?;
+            f.commit().map_err(fs_err)?;
         }
         None => report.write(stdout).map_err(|source| BounceError::Write {
             path: PathBuf::from("-"),

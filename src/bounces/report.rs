@@ -8,6 +8,8 @@ use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::{guard_cell, printable_str, unguard_cell};
+
 /// The report's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportFormat {
@@ -153,18 +155,18 @@ impl Report {
                 let r = &self.csv_rows[i];
                 let c = self.cols;
                 RowKey {
+                    // Cells are read back to their original text (formula guard removed).
                     row: r
                         .get(c.row)
-                        .and_then(|v| v.trim().parse().ok())
+                        .and_then(|v| unguard_cell(v).trim().parse().ok())
                         .unwrap_or(0),
-                    email: r.get(c.email).unwrap_or_default().to_owned(),
-                    message_id: c
-                        .message_id
-                        .and_then(|m| r.get(m))
-                        .unwrap_or_default()
-                        .trim()
-                        .trim_matches(['<', '>'])
-                        .to_owned(),
+                    email: unguard_cell(r.get(c.email).unwrap_or_default()).to_owned(),
+                    message_id: unguard_cell(
+                        c.message_id.and_then(|m| r.get(m)).unwrap_or_default(),
+                    )
+                    .trim()
+                    .trim_matches(['<', '>'])
+                    .to_owned(),
                 }
             }
             _ => {
@@ -178,19 +180,24 @@ impl Report {
         }
     }
 
-    /// Marks row `i` as `bounced` with the DSN's status and diagnostic.
+    /// Marks row `i` as `bounced` with the DSN's status and diagnostic. The DSN's text is
+    /// untrusted: it is written printable, and formula-guarded in CSV, like `send`'s cells.
     pub fn mark_bounced(&mut self, i: usize, status: Option<&str>, diagnostic: &str) {
+        let status = status.map(printable_str);
+        let diagnostic = printable_str(diagnostic);
         match self.format {
             ReportFormat::Csv => {
                 let c = self.cols;
+                let status = status.as_deref().map(guard_cell);
+                let diagnostic = guard_cell(&diagnostic);
                 let old = &self.csv_rows[i];
                 let rec: csv::StringRecord = old
                     .iter()
                     .enumerate()
                     .map(|(j, v)| match j {
                         j if j == c.status => "bounced",
-                        j if j == c.enhanced_code => status.unwrap_or(v),
-                        j if j == c.response => diagnostic,
+                        j if j == c.enhanced_code => status.as_deref().unwrap_or(v),
+                        j if j == c.response => &diagnostic,
                         _ => v,
                     })
                     .collect();
@@ -200,9 +207,9 @@ impl Report {
                 let r = &mut self.json_rows[i];
                 "bounced".clone_into(&mut r.status);
                 if let Some(s) = status {
-                    r.enhanced_code = Some(s.to_owned());
+                    r.enhanced_code = Some(s.into_owned());
                 }
-                diagnostic.clone_into(&mut r.response);
+                r.response = diagnostic.into_owned();
             }
         }
     }

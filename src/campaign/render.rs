@@ -123,6 +123,14 @@ impl Renderer {
             FromSource::PerRow => from_address_of(&rendered.data)
                 .ok_or("the rendered message has no From address (use --from)")?,
         };
+        // A templated envelope value is checked after rendering: a row that would produce an
+        // invalid one fails here, at stage `input`, before any command is written.
+        if let Err(e) = crate::engine::check_address(&from) {
+            return Err(format!(
+                "the envelope sender <{}> is not a valid address: {e}",
+                crate::text::printable_str(&from)
+            ));
+        }
         Ok(Rendered {
             message: Message {
                 id: row.number,

@@ -1,7 +1,46 @@
 //! The human-readable form of the check-server report.
 
+use pipemail::text::printable_str;
+
 use super::{CrossResult, Report};
 use crate::progress::thousands;
+
+/// Makes every text in the report that came from the server (or from a certificate)
+/// printable, so neither form (human or JSON) carries a control character to a terminal:
+/// the banner, capabilities, TLS names, replies and the details quoting them.
+pub(super) fn make_inert(r: &mut Report) {
+    fn fix(s: &mut String) {
+        if let std::borrow::Cow::Owned(t) = printable_str(s) {
+            *s = t;
+        }
+    }
+    fn fix_opt(s: &mut Option<String>) {
+        if let Some(s) = s {
+            fix(s);
+        }
+    }
+    fix(&mut r.server);
+    fix(&mut r.banner);
+    r.capabilities.iter_mut().for_each(fix);
+    if let Some(after) = &mut r.capabilities_after_tls {
+        after.iter_mut().for_each(fix);
+    }
+    if let Some(t) = &mut r.tls {
+        fix(&mut t.mode);
+        fix_opt(&mut t.version);
+        fix_opt(&mut t.cipher);
+        fix_opt(&mut t.subject);
+        fix_opt(&mut t.issuer);
+        fix_opt(&mut t.not_after);
+    }
+    fix(&mut r.pipelining.detail);
+    let c = &mut r.cross_message;
+    fix(&mut c.detail);
+    fix_opt(&mut c.probe_rcpt);
+    fix_opt(&mut c.message_reply);
+    fix_opt(&mut c.noop_reply);
+    fix_opt(&mut r.estimate.expected_mode);
+}
 
 pub(super) fn print_human(r: &Report) {
     println!("Server        {}", r.server);

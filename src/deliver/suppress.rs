@@ -10,10 +10,9 @@
 //! `n / 2^64` per lookup (`5e-14` for a million entries).
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Why a suppression file could not be read or appended to.
@@ -281,19 +280,25 @@ pub struct SuppressAppender {
 
 impl SuppressAppender {
     /// Opens (creating with mode 0600) `path` for appending. Refuses a symbolic link
-    /// (`O_NOFOLLOW`): a link planted in a shared directory cannot redirect the writes.
+    /// (`O_NOFOLLOW`): a link planted in a shared directory cannot redirect the writes; and
+    /// anything but a regular file (a FIFO cannot block the open). See [`crate::fsutil`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, SuppressError> {
+        use crate::fsutil::{FsError, create_new, open_append};
         let path = path.as_ref().to_owned();
-        let file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|source| SuppressError::Append {
-                path: path.clone(),
-                source,
-            })?;
+        let file = match open_append(&path) {
+            Err(FsError::Io { error, .. }) if error.kind() == io::ErrorKind::NotFound => {
+                match create_new(&path) {
+                    // Created meanwhile by someone else: append to it if it is a regular file.
+                    Err(FsError::Exists { .. }) => open_append(&path),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+        .map_err(|e| SuppressError::Append {
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
         Ok(Self { file, path })
     }
 

@@ -14,7 +14,7 @@ pub enum AddressError {
     #[error("empty address")]
     Empty,
     /// The address contains CR, LF or NUL: it would break the command line.
-    #[error("address contains a control character (CR, LF, NUL or other)")]
+    #[error("address contains a control character (CR, LF, NUL, a bidi control or other)")]
     Control,
     /// The address contains `<` or `>`.
     #[error("address contains '<' or '>'")]
@@ -38,7 +38,15 @@ pub fn check_address(addr: &str) -> Result<(), AddressError> {
     if addr.is_empty() {
         return Err(AddressError::Empty);
     }
-    if addr.chars().any(|c| c.is_control()) {
+    // Bidirectional controls and line/paragraph separators too: an address must show as
+    // what it is in the report and on a terminal (issue 16).
+    if addr.chars().any(|c| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            )
+    }) {
         return Err(AddressError::Control);
     }
     if addr.contains(['<', '>']) {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::{self, FsError};
+
 /// `<report>.journal`, or `None` for a report on standard output.
 pub fn journal_path(report_path: &str) -> Option<PathBuf> {
     (report_path != "-").then(|| PathBuf::from(format!("{report_path}.journal")))
@@ -33,12 +35,17 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Creates (truncates) `<report>.journal`. For `-` (report on standard output) the journal
-    /// is disabled: every call succeeds and does nothing.
+    /// Creates `<report>.journal` afresh (mode 0600, never following a symlink: see
+    /// [`fsutil::replace_file`]). For `-` (report on standard output) the journal is disabled:
+    /// every call succeeds and does nothing.
+    ///
+    /// A journal left by an interrupted run is only replaced here when it is a regular file;
+    /// [`ReportWriter::create`](super::ReportWriter::create), called first, refuses to start
+    /// over a leftover journal that `--resume` did not consume ([`check_no_leftover`]).
     pub fn create(report_path: &str) -> io::Result<Self> {
         let path = journal_path(report_path);
         let file = match &path {
-            Some(p) => Some(File::create(p)?),
+            Some(p) => Some(fsutil::replace_file(p).map_err(fs_to_io)?),
             None => None,
         };
         Ok(Self {
@@ -80,6 +87,43 @@ impl Journal {
             Some(p) => remove_if_exists(&p),
             None => Ok(()),
         }
+    }
+}
+
+/// An [`FsError`] as an `io::Error` whose message is the typed error's one line.
+pub(super) fn fs_to_io(e: FsError) -> io::Error {
+    let kind = match &e {
+        FsError::Io { error, .. } => error.kind(),
+        FsError::Exists { .. } => io::ErrorKind::AlreadyExists,
+        FsError::Symlink { .. } | FsError::NotRegular { .. } => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
+}
+
+/// Refuses to start a run whose `<report>.journal` exists: it was left by an interrupted run
+/// that `--resume` has not consumed (a resumed run's [`ResumeState::load`] removes it), and
+/// starting over would lose what it says was in flight. A symlink there is refused too.
+///
+/// [`ResumeState::load`]: super::ResumeState::load
+pub fn check_no_leftover(report_path: &str) -> io::Result<()> {
+    let Some(journal) = journal_path(report_path) else {
+        return Ok(());
+    };
+    match fs::symlink_metadata(&journal) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("{}: {e}", journal.display()),
+        )),
+        Ok(m) if m.file_type().is_symlink() => Err(fs_to_io(FsError::Symlink { path: journal })),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{} is left by an interrupted run: resume it with --resume {report_path}, \
+                 or remove the journal to start over",
+                journal.display()
+            ),
+        )),
     }
 }
 

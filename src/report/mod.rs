@@ -17,6 +17,12 @@
 //!   line with `]` to make it valid JSON); [`ResumeState::load`] reads it as it is. Rows are
 //!   never rewritten, so nothing is lost if the process dies at any point.
 //!
+//! Text is written inert (issue 16): every text cell made printable
+//! ([`crate::text::printable_str`]) in all three formats, and every CSV cell formula-guarded
+//! ([`crate::text::guard_cell`]); the CSV reader removes the guard
+//! ([`crate::text::unguard_cell`]). The report, journal and carry file are created without
+//! following a symlink ([`crate::fsutil`]).
+//!
 //! # Journal (crash safety)
 //!
 //! [`Journal`] appends `{"row":N,"email":"…"}` lines to `<report>.journal` for every message
@@ -51,6 +57,7 @@ mod journal;
 mod resume;
 mod writer;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -58,7 +65,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use journal::{Journal, carry_path, journal_path};
+use crate::text::{guard_cell, printable_str, unguard_cell};
+
+pub use journal::{Journal, carry_path, check_no_leftover, journal_path};
 pub use resume::{IN_FLIGHT_RESPONSE, PreviousOutcome, ReportError, ResumeState};
 pub use writer::ReportWriter;
 
@@ -229,26 +238,55 @@ mod timestamp {
 }
 
 impl ReportRow {
-    /// The row as CSV fields, in [`COLUMNS`] order.
+    /// The row as CSV fields, in [`COLUMNS`] order: every cell printable
+    /// ([`printable_str`]) and formula-guarded ([`guard_cell`]).
     pub(crate) fn csv_fields(&self) -> [String; 10] {
+        let cell = |s: &str| guard_cell(&printable_str(s)).into_owned();
         [
             self.row.to_string(),
-            self.email.clone(),
+            cell(&self.email),
             self.status.to_string(),
             self.smtp_code.map(|c| c.to_string()).unwrap_or_default(),
-            self.enhanced_code.clone().unwrap_or_default(),
-            self.response.clone(),
+            cell(self.enhanced_code.as_deref().unwrap_or_default()),
+            cell(&self.response),
             self.stage.map(|s| s.to_string()).unwrap_or_default(),
             self.attempts.to_string(),
-            self.message_id.clone(),
+            cell(&self.message_id),
             timestamp::format(&self.finished_at),
         ]
     }
 
+    /// The row with its free text ([`printable_str`]) made printable: `email`,
+    /// `enhanced_code`, `response`, `message_id`. Borrowed when nothing changes. JSON and
+    /// JSON Lines reports write this (without the CSV formula guard).
+    pub fn inert(&self) -> Cow<'_, Self> {
+        let email = printable_str(&self.email);
+        let enhanced = self.enhanced_code.as_deref().map(printable_str);
+        let response = printable_str(&self.response);
+        let message_id = printable_str(&self.message_id);
+        let owned = |c: &Cow<'_, str>| matches!(c, Cow::Owned(_));
+        if !owned(&email)
+            && !enhanced.as_ref().is_some_and(owned)
+            && !owned(&response)
+            && !owned(&message_id)
+        {
+            return Cow::Borrowed(self);
+        }
+        Cow::Owned(Self {
+            email: email.into_owned(),
+            enhanced_code: enhanced.map(Cow::into_owned),
+            response: response.into_owned(),
+            message_id: message_id.into_owned(),
+            ..self.clone()
+        })
+    }
+
     /// Parses a CSV record; `cols[i]` is the record index of [`COLUMNS`]`[i]`.
     pub(crate) fn from_csv(rec: &csv::StringRecord, cols: &[usize; 10]) -> Result<Self, String> {
+        // Every cell read back to its original text (the writer's formula guard removed).
         let get = |i: usize| {
             rec.get(cols[i])
+                .map(unguard_cell)
                 .ok_or_else(|| format!("missing {}", COLUMNS[i]))
         };
         let opt = |i: usize| -> Result<Option<String>, String> {

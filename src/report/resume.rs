@@ -1,11 +1,12 @@
 //! `--resume`: reads an earlier report and its journal; remembers what was sent.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::journal::{JournalLine, carry_path, journal_path, remove_if_exists};
+use crate::fsutil::{AtomicFile, FsError};
 use time::OffsetDateTime;
 
 use super::{COLUMNS, ReportRow, Status};
@@ -42,6 +43,9 @@ pub enum ReportError {
     /// The report was written to standard output.
     #[error("cannot resume from a report written to standard output (-)")]
     Stdout,
+    /// The carry file could not be created safely (a symlink planted at its path, say).
+    #[error("cannot write the resume carry file: {0}")]
+    Create(#[source] FsError),
 }
 
 /// What an earlier run did for an address.
@@ -301,33 +305,39 @@ impl ResumeState {
                 path: report_path.to_owned(),
             });
         }
-        let tmp = PathBuf::from(format!("{report_path}.resume.tmp"));
         let io_at = |p: &Path| {
             let path = p.display().to_string();
             move |error| ReportError::Io { path, error }
         };
-        let mut out: BufWriter<Box<dyn Write>> = if write {
-            BufWriter::new(Box::new(File::create(&tmp).map_err(io_at(&tmp))?))
+        // The new carry file is written beside the old one under a temporary name (mode
+        // 0600, never through a symlink) and renamed into place once complete; a dry run
+        // (`write == false`) keeps the carried rows in memory and writes nothing.
+        let atomic = if write {
+            Some(AtomicFile::create(&carry).map_err(ReportError::Create)?)
         } else {
-            BufWriter::new(Box::new(io::sink()))
+            None
         };
+        let tmp = atomic
+            .as_ref()
+            .map_or_else(|| carry.clone(), |a| a.temp_path().to_owned());
+        let mut out = atomic.map(BufWriter::new);
         let mut memory: Vec<u8> = Vec::new();
         let mut count = 0u64;
         let mut line = Vec::with_capacity(512);
-        let mut keep = |row: &ReportRow, out: &mut BufWriter<Box<dyn Write>>| -> io::Result<()> {
-            if matches!(row.status, Status::Sent | Status::Unknown) {
-                line.clear();
-                serde_json::to_writer(&mut line, row)?;
-                line.push(b'\n');
-                if write {
-                    out.write_all(&line)?;
-                } else {
-                    memory.extend_from_slice(&line);
+        let mut keep =
+            |row: &ReportRow, out: &mut Option<BufWriter<AtomicFile>>| -> io::Result<()> {
+                if matches!(row.status, Status::Sent | Status::Unknown) {
+                    line.clear();
+                    serde_json::to_writer(&mut line, row)?;
+                    line.push(b'\n');
+                    match out {
+                        Some(out) => out.write_all(&line)?,
+                        None => memory.extend_from_slice(&line),
+                    }
+                    count += 1;
                 }
-                count += 1;
-            }
-            Ok(())
-        };
+                Ok(())
+            };
         if carry.exists() {
             read_report(&carry, |row| keep(&row, &mut out))?;
         }
@@ -361,14 +371,9 @@ impl ResumeState {
             result.map_err(io_at(&tmp))?;
         }
         drop(in_report);
-        let out = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
-        drop(out);
-        if write {
-            // The temporary file is complete once its writer is dropped; sync it by path.
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io_at(&tmp))?;
-            fs::rename(&tmp, &carry).map_err(io_at(&carry))?;
+        if let Some(out) = out {
+            let atomic = out.into_inner().map_err(|e| io_at(&tmp)(e.into_error()))?;
+            atomic.commit().map_err(ReportError::Create)?;
             if journal.exists() {
                 remove_if_exists(&journal).map_err(io_at(&journal))?;
             }

@@ -103,9 +103,63 @@ fn csv_layout() {
             "1,a@example.com,sent,250,,250 2.0.0 Ok: queued,,1,1.1.2@example.org,2026-11-25T20:14:18.123Z"
         )
     );
+    // Issue 16: a line break in a reply is written as the two characters `\n` (no control
+    // character reaches a report cell), so the record stays on one line.
     assert_eq!(
         lines.next(),
-        Some("2,b@example.com,failed,550,5.1.1,\"550-5.1.1 no such user")
+        Some(
+            "2,b@example.com,failed,550,5.1.1,\"550-5.1.1 no such user\\n550 5.1.1 \"\"really\"\", sorry\",rcpt,1,2.1.2@example.org,2026-11-25T20:14:18.123Z"
+        )
+    );
+}
+
+#[test]
+fn cells_are_printable_and_formula_guarded_in_csv_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut row = sample(1, "=cmd@example.com", Status::Failed);
+    row.response = "550 =HYPERLINK(\"http://evil.example/\") \u{1b}[2J\u{9b}x\u{7}".to_owned();
+    row.enhanced_code = Some("+5.1.1".to_owned());
+    row.message_id = "-1@x".to_owned();
+    let csv = dir.path().join("r.csv");
+    write_report(&csv, Format::Csv, std::slice::from_ref(&row), true);
+    let text = fs::read_to_string(&csv).expect("read");
+    assert_eq!(
+        text.lines().nth(1),
+        Some(
+            "1,'=cmd@example.com,failed,550,'+5.1.1,\"550 =HYPERLINK(\"\"http://evil.example/\"\") \\x1b[2J\\u{9b}x\\x07\",rcpt,1,'-1@x,2026-11-25T20:14:18.123Z"
+        )
+    );
+    for format in [Format::Json, Format::Jsonl] {
+        let p = dir.path().join(format!("r.{format}"));
+        write_report(&p, format, std::slice::from_ref(&row), true);
+        let text = fs::read_to_string(&p).expect("read");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains("\\u001b"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""email":"=cmd@example.com""#),
+            "not guarded: {text}"
+        );
+        assert!(text.contains(r#"\\x1b[2J\\u{9b}x\\x07"#), "{text}");
+    }
+    // Read back (`--resume`): the guard is removed, the escapes stay.
+    let state = ResumeState::load(csv.to_str().expect("utf-8")).expect("load");
+    assert_eq!(
+        state.lookup("=cmd@example.com"),
+        None,
+        "failed: not remembered"
+    );
+    let mut rec = csv::StringRecord::new();
+    let mut r = csv::Reader::from_path(&csv).expect("open");
+    assert!(r.read_record(&mut rec).expect("record"));
+    let back = ReportRow::from_csv(&rec, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]).expect("parse");
+    assert_eq!(back.email, "=cmd@example.com");
+    assert_eq!(back.enhanced_code.as_deref(), Some("+5.1.1"));
+    assert_eq!(back.message_id, "-1@x");
+    assert_eq!(
+        back.response,
+        "550 =HYPERLINK(\"http://evil.example/\") \\x1b[2J\\u{9b}x\\x07"
     );
 }
 

@@ -1,10 +1,14 @@
 //! The report writers: CSV, JSON array, JSON lines; one flushed `write` per row.
 
 use std::fmt;
-use std::fs::File;
+use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
+use super::journal::{check_no_leftover, fs_to_io};
 use super::{COLUMNS, Format, ReportRow};
+use crate::fsutil;
 
 /// Writes the report, one flushed row at a time.
 pub struct ReportWriter {
@@ -24,13 +28,19 @@ impl fmt::Debug for ReportWriter {
 }
 
 impl ReportWriter {
-    /// Creates (truncates) the report at `path` (`-` = standard output) and writes its start
-    /// (the CSV header row, or `[` for JSON).
+    /// Creates the report at `path` (`-` = standard output) and writes its start (the CSV
+    /// header row, or `[` for JSON).
+    ///
+    /// A file is created afresh and never through a symlink ([`fsutil::replace_file`]): a new
+    /// report gets mode 0600, a regular file it replaces keeps its mode. Refuses, before
+    /// touching the report, when `<report>.journal` is left by an interrupted run that
+    /// `--resume` did not consume (see [`super::journal::check_no_leftover`]).
     pub fn create(path: &str, format: Format) -> io::Result<Self> {
         let out: Box<dyn Write + Send> = if path == "-" {
             Box::new(io::stdout())
         } else {
-            Box::new(File::create(path)?)
+            check_no_leftover(path)?;
+            Box::new(create_report_file(Path::new(path))?)
         };
         Self::from_writer(out, format)
     }
@@ -63,6 +73,9 @@ impl ReportWriter {
     }
 
     /// Appends one row and flushes it to the file (one `write` call; no `fsync`).
+    ///
+    /// Text is written inert: control characters escaped by [`crate::text::printable_str`]
+    /// in every format, and every CSV cell formula-guarded by [`crate::text::guard_cell`].
     pub fn write(&mut self, row: &ReportRow) -> io::Result<()> {
         self.buf.clear();
         match self.format {
@@ -75,10 +88,10 @@ impl ReportWriter {
                 if self.rows > 0 {
                     self.buf.extend_from_slice(b",\n");
                 }
-                serde_json::to_writer(&mut self.buf, row)?;
+                serde_json::to_writer(&mut self.buf, &*row.inert())?;
             }
             Format::Jsonl => {
-                serde_json::to_writer(&mut self.buf, row)?;
+                serde_json::to_writer(&mut self.buf, &*row.inert())?;
                 self.buf.push(b'\n');
             }
         }
@@ -102,4 +115,18 @@ impl ReportWriter {
         }
         self.flush_buf()
     }
+}
+
+/// Creates the report file: mode 0600 when new, the replaced regular file's mode otherwise;
+/// a symlink or other non-regular file at `path` is refused and left alone.
+fn create_report_file(path: &Path) -> io::Result<fs::File> {
+    let old_mode = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => Some(m.permissions().mode() & 0o7777),
+        _ => None,
+    };
+    let file = fsutil::replace_file(path).map_err(fs_to_io)?;
+    if let Some(mode) = old_mode.filter(|&m| m != fsutil::NEW_FILE_MODE) {
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+    }
+    Ok(file)
 }

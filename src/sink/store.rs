@@ -78,15 +78,21 @@ impl Maildir {
             queue_id,
             self.host
         );
-        let tmp = self.dir.join("tmp").join(&name);
-        let new = self.dir.join("new").join(&name);
-        let result = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(data)?;
+        self.write_named(&name, data)
+    }
+
+    /// Writes `tmp/<name>` and renames it to `new/<name>`.
+    fn write_named(&self, name: &str, data: &[u8]) -> std::io::Result<PathBuf> {
+        let tmp = self.dir.join("tmp").join(name);
+        let new = self.dir.join("new").join(name);
+        // O_EXCL | O_NOFOLLOW, mode 0600: never writes through something planted in tmp/.
+        let mut file = crate::fsutil::create_new(&tmp).map_err(std::io::Error::other)?;
+        let result = file.write_all(data).and_then(|()| {
             drop(file);
             std::fs::rename(&tmp, &new)
-        })();
+        });
         if result.is_err() {
+            // Only the file created above: a planted one made `create_new` fail first.
             let _ = std::fs::remove_file(&tmp);
         }
         result.map(|()| new)
@@ -96,6 +102,30 @@ impl Maildir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn planted_symlink_in_tmp_is_not_followed() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let md = Maildir::create(dir.path(), "h").expect("create");
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep").expect("write");
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        symlink(&target, dir.path().join("tmp").join("planted")).expect("plant");
+        let err = md.write_named("planted", b"evil").expect_err("refused");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read(&target).expect("read"), b"keep");
+        let mode = std::fs::metadata(&target)
+            .expect("meta")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o644);
+        assert!(!dir.path().join("new").join("planted").exists());
+        let path = md.deliver("Y", b"ok").expect("deliver");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "new messages are owner-only");
+    }
 
     #[test]
     fn deliver_moves_into_new() {

@@ -337,7 +337,8 @@ fn invalid_addresses_fail_at_stage_input_and_are_never_sent() {
         assert_eq!((r.attempts, r.smtp_code), (0, None), "{r:?}");
         assert!(!r.response.is_empty(), "{r:?}");
     }
-    assert_eq!(rows[&2].email, "a@b>\r\nRCPT TO:<evil@x>");
+    // Issue 16: the list value is echoed inert (CR LF shown as `\r\n`, no control character).
+    assert_eq!(rows[&2].email, r"a@b>\r\nRCPT TO:<evil@x>");
     assert_eq!(rows[&3].email, "no-at-sign");
     assert_eq!(rows[&1].status, "sent");
     assert_eq!(rows[&4].status, "sent");
