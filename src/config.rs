@@ -215,6 +215,11 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
     };
     let template = Template::parse(&template_src, &template_name, list.headers())
         .map_err(|e| fail(Exit::DataErr, e))?;
+    if a.batch_recipients > 1
+        && let Some(why) = pipemail::campaign::batch_obstacle(&template)
+    {
+        return Err(fail(Exit::Usage, anyhow!(why)));
+    }
     let from = match (&a.from, template.from_address()) {
         (Some(f), _) => {
             engine::check_address(f)
@@ -272,6 +277,7 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         retry_delay: a.retry_delay,
         max_per_connection: a.max_per_connection,
         rate: a.rate,
+        batch_recipients: a.batch_recipients as usize,
         ..ScheduleConfig::default()
     };
     campaign.allow_duplicates = a.allow_duplicates;

@@ -2,8 +2,8 @@
 //! client engine.
 #![forbid(unsafe_code)]
 
-pub mod campaign;
 pub mod bounces;
+pub mod campaign;
 pub mod deliver;
 pub mod driver;
 pub mod engine;

@@ -106,8 +106,8 @@ fn report_failure(e: pipemail::review::ReviewError) -> Result<Exit, Failure> {
 }
 
 fn bounces(a: cli::BouncesArgs) -> Result<Exit, Failure> {
-    use pipemail::text::printable_str;
     use pipemail::bounces::{self, Mailbox};
+    use pipemail::text::printable_str;
     let mailbox = match (a.maildir, a.mbox) {
         (Some(d), _) => Mailbox::Maildir(d),
         (None, Some(f)) => Mailbox::Mbox(f),

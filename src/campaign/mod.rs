@@ -49,8 +49,8 @@ use crate::report::{Format, ResumeState};
 use crate::template::Template;
 
 pub use jobs::{Decision, JobFilter, Shard};
-pub use render::{FromSource, Renderer};
-pub use schedule::{Handled, Job, Poll, Schedule, ScheduleConfig, Verdict, backoff};
+pub use render::{FromSource, Renderer, batch_obstacle};
+pub use schedule::{BatchPoll, Handled, Job, Poll, Schedule, ScheduleConfig, Verdict, backoff};
 
 /// The list as the campaign reads it.
 pub type List = ListReader<Box<dyn Read + Send>>;
@@ -386,6 +386,9 @@ pub enum CampaignError {
         /// Why.
         source: std::io::Error,
     },
+    /// `--batch-recipients` above 1 with a template that uses the row ([`batch_obstacle`]).
+    #[error("{0}")]
+    Batch(String),
     /// A bug: a thread panicked or an invariant broke.
     #[error("internal: {0}")]
     Internal(&'static str),
@@ -393,3 +396,7 @@ pub enum CampaignError {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "batch_tests.rs"]
+mod batch_tests;

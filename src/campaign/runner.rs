@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::jobs::{Decision, JobFilter, row_report};
 use super::render::Renderer;
-use super::schedule::{Job, Poll, Schedule, backoff};
+use super::schedule::{BatchPoll, Job, Poll, Schedule, backoff};
 use super::session::{SessionEnd, run_session};
 use super::{Campaign, CampaignError, List, Observer, RoundTrips, Summary, Tally};
 use crate::driver::{ConnectOptions, Connection};
@@ -76,6 +76,21 @@ impl Queue {
         // Wake the list thread once per half queue, not once per job: a wake-up costs a
         // futex call and a context switch, as much CPU as sending a message.
         let refill = matches!(p, Poll::Job { .. }) && st.queued() == st.config().queue_cap / 2;
+        drop(st);
+        if refill {
+            self.space.notify_one();
+        }
+        p
+    }
+
+    /// Up to `max` jobs for one transaction of a session that has sent `messages`.
+    pub(super) fn poll_batch(&self, messages: u64, max: usize) -> BatchPoll {
+        let mut st = self.lock();
+        let before = st.queued();
+        let p = st.poll_batch(Instant::now(), messages, max);
+        // As in `poll_job`: wake the list thread when the queue drops through half.
+        let half = st.config().queue_cap / 2;
+        let refill = before > half && st.queued() <= half;
         drop(st);
         if refill {
             self.space.notify_one();
@@ -204,6 +219,11 @@ impl Ctx {
 /// Runs a campaign; see [`Campaign::run`].
 pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, CampaignError> {
     let started = Instant::now();
+    if c.schedule.batch_recipients > 1
+        && let Some(why) = super::render::batch_obstacle(&c.template)
+    {
+        return Err(CampaignError::Batch(why));
+    }
     let headers = c.list.headers().to_vec();
     let (writer, journal) = match &c.report {
         Some((path, format)) => {
