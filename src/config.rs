@@ -267,6 +267,23 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         None => None,
     };
     let shard = a.shard.map(|(k, of)| Shard { k, of });
+    // A list file: repeats found by an external sort of address hashes, so memory stays
+    // flat at any length; stdin keeps the in-memory filter.
+    let known_duplicates = if a.list != "-" && !a.allow_duplicates {
+        let path = Path::new(&a.list);
+        Some(
+            pipemail::input::find_duplicates(
+                || ListReader::open(path),
+                |n| shard.is_none_or(|s| s.takes(n)),
+            )
+            .map_err(|e| match e {
+                pipemail::input::DedupError::Input(e) => fail(input_exit(&e), e),
+                e @ pipemail::input::DedupError::Temp(_) => fail(Exit::IoErr, e),
+            })?,
+        )
+    } else {
+        None
+    };
     let mut campaign = Campaign::new(conn.connect, list, template, from);
     campaign.report = report;
     campaign.resume = resume;
@@ -282,6 +299,7 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
     };
     campaign.allow_duplicates = a.allow_duplicates;
     campaign.shard = shard;
+    campaign.known_duplicates = known_duplicates;
     campaign.handle_ctrl_c = true;
     Ok(SendPlan {
         campaign,

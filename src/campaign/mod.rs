@@ -79,6 +79,10 @@ pub struct Campaign {
     pub allow_duplicates: bool,
     /// Only this shard's rows.
     pub shard: Option<Shard>,
+    /// Repeated rows found by a pre-scan of a list file ([`crate::input::find_duplicates`]
+    /// over this shard's rows): used instead of the in-memory duplicate filter, so memory
+    /// stays flat however long the list.
+    pub known_duplicates: Option<crate::input::KnownDuplicates>,
     /// Handle Ctrl-C: first stop taking messages and drain, second abort
     /// ([`Observer::interrupted`], [`Observer::aborted`]).
     pub handle_ctrl_c: bool,
@@ -100,6 +104,7 @@ impl Campaign {
             schedule: ScheduleConfig::default(),
             allow_duplicates: false,
             shard: None,
+            known_duplicates: None,
             handle_ctrl_c: false,
             stopper: Stopper::default(),
         }
@@ -123,6 +128,9 @@ impl Campaign {
         let headers = self.list.headers().to_vec();
         let renderer = Renderer::new(self.template, headers, self.from);
         let mut filter = JobFilter::new(self.shard, self.allow_duplicates, None, false);
+        if let Some(k) = self.known_duplicates.take() {
+            filter = filter.with_known_duplicates(k);
+        }
         let mut counts = DryRun::default();
         while let Some(item) = self.list.next_row() {
             let row = item.map_err(CampaignError::List)?;

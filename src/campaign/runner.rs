@@ -184,9 +184,46 @@ impl Ctx {
     /// and missing from the report for longer than this call: after a kill -9 only rows in
     /// the pipeline can be unknown), then tells the report thread for the counts.
     pub(super) fn send_report(&self, row: &ReportRow) {
+        self.report_row(row, true);
+    }
+
+    /// Like [`Ctx::send_report`], but the row waits in the report buffer for the next
+    /// [`Ctx::flush_reports`] or `send_report`: a session adds the rows of one batch of
+    /// replies and writes them together before it commits anything more, so a kill still
+    /// loses only rows in the pipeline.
+    pub(super) fn queue_report(&self, row: &ReportRow) {
+        self.report_row(row, false);
+    }
+
+    /// Writes the queued rows.
+    pub(super) fn flush_reports(&self) {
         let failed = {
             let mut w = lock(&self.writer);
-            match w.as_mut().map(|writer| writer.write(row)) {
+            match w.as_mut().map(ReportWriter::flush_pending) {
+                Some(Err(e)) => {
+                    lock(&self.write_error).get_or_insert_with(|| e.to_string());
+                    *w = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if failed {
+            self.queue.stop();
+        }
+    }
+
+    fn report_row(&self, row: &ReportRow, now: bool) {
+        let failed = {
+            let mut w = lock(&self.writer);
+            let r = w.as_mut().map(|writer| {
+                if now {
+                    writer.write(row)
+                } else {
+                    writer.append(row)
+                }
+            });
+            match r {
                 Some(Err(e)) => {
                     lock(&self.write_error).get_or_insert_with(|| e.to_string());
                     *w = None;
@@ -288,7 +325,10 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
 
     // List thread.
     let pctx = Arc::clone(&ctx);
-    let filter = JobFilter::new(c.shard, c.allow_duplicates, c.resume, c.skip_unknown);
+    let mut filter = JobFilter::new(c.shard, c.allow_duplicates, c.resume, c.skip_unknown);
+    if let Some(k) = c.known_duplicates {
+        filter = filter.with_known_duplicates(k);
+    }
     let list = c.list;
     let producer = std::thread::Builder::new()
         .name("list".into())

@@ -67,6 +67,8 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                 _ => {}
             }
         }
+        // The rows of these replies, in one write, before anything more is committed.
+        ctx.flush_reports();
         let rt = conn.session_ref().round_trips();
         let c = &ctx.counters;
         c.rt_used.fetch_add(rt.used - last_rt.0, Ordering::Relaxed);
@@ -346,6 +348,6 @@ fn finish_job(ctx: &Ctx, job: Job, o: &RcptOutcome, message_id: String) {
         o.text()
     };
     r.message_id = message_id;
-    ctx.send_report(&r);
+    ctx.queue_report(&r);
     ctx.queue.notify.notify_waiters();
 }
