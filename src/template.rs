@@ -70,6 +70,12 @@ const BODY: &str = "body";
 /// Name of the minijinja temp that records that a header value was sanitized.
 const SANITIZED: &str = "pipemail.sanitized";
 
+/// The process id, asked of the kernel once (it was a `getpid` call per message).
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
+
 /// Address header fields: only their display names are RFC 2047-encoded.
 const ADDRESS_FIELDS: &[&str] = &[
     "from",
@@ -506,7 +512,7 @@ impl Template {
                     "{}.{}.{}@{domain}",
                     opts.now.unix_timestamp_nanos(),
                     row.number,
-                    std::process::id()
+                    process_id()
                 );
                 push_line(&mut data, &format!("Message-ID: <{id}>"));
                 id
