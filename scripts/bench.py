@@ -802,6 +802,17 @@ def evaluate_targets(results, large, startup) -> list[dict]:
         ratio = p8.msg_per_s / s8.msg_per_s
         add("RTT 0, smtp-sink, 8 connections: >= smtp-source -d -s 8", f"{ratio:.2f}x",
             ratio >= 1.0, f"{p8.msg_per_s:,.0f} vs {s8.msg_per_s:,.0f} msg/s")
+    # issue 15: many recipients per transaction
+    b0 = find(results, "sink-batch100", 0.0)
+    if b0:
+        add("--batch-recipients 100, RTT 0, smtp-sink, 1 connection: >= 100,000 rcpt/s",
+            f"{b0.rcpt_per_s:,.0f} rcpt/s", b0.rcpt_per_s >= 100_000,
+            f"N={b0.n}, {b0.msg_per_s:,.0f} transactions/s")
+    b1 = find(results, "sink-batch100", 100.0)
+    if b1 and b1.vs_pipelined is not None:
+        add("--batch-recipients 100, RTT 100 ms, smtp-sink: >= 50x pipelined DATA rcpt/s",
+            f"{b1.vs_pipelined:.1f}x", b1.vs_pipelined >= 50.0,
+            f"N={b1.n}, {b1.rcpt_per_s:,.0f} rcpt/s")
     if p1:
         add("client CPU <= 20 us/msg (RTT 0, smtp-sink, 1 connection)",
             f"{p1.cpu_us_per_msg:.1f} us", p1.cpu_us_per_msg <= 20.0,
