@@ -195,6 +195,7 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
     };
     // The list: a regular file is scanned whole first, so bad data stops the run before
     // any connection; stdin is checked as it streams.
+    let mut known_duplicates = None;
     let (list, list_total): (ListReader<Box<dyn Read + Send>>, Option<u64>) = if a.list == "-" {
         let r: Box<dyn Read + Send> = Box::new(std::io::stdin());
         (
@@ -203,7 +204,22 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         )
     } else {
         let path = Path::new(&a.list);
-        let scan = scan_file(path).map_err(|e| fail(input_exit(&e), e))?;
+        // A list file: repeats found by an external sort of address hashes, so memory stays
+        // flat at any length (stdin keeps the in-memory filter); the row check rides along.
+        let scan = if a.allow_duplicates {
+            scan_file(path).map_err(|e| fail(input_exit(&e), e))?
+        } else {
+            let shard = a.shard.map(|(k, of)| Shard { k, of });
+            let (scan, known) = pipemail::input::scan_and_find_duplicates(path, |n| {
+                shard.is_none_or(|s| s.takes(n))
+            })
+            .map_err(|e| match e {
+                pipemail::input::DedupError::Input(e) => fail(input_exit(&e), e),
+                e @ pipemail::input::DedupError::Temp(_) => fail(Exit::IoErr, e),
+            })?;
+            known_duplicates = Some(known);
+            scan
+        };
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open the list {}", a.list))
             .map_err(|e| fail(Exit::NoInput, e))?;
@@ -267,23 +283,6 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         None => None,
     };
     let shard = a.shard.map(|(k, of)| Shard { k, of });
-    // A list file: repeats found by an external sort of address hashes, so memory stays
-    // flat at any length; stdin keeps the in-memory filter.
-    let known_duplicates = if a.list != "-" && !a.allow_duplicates {
-        let path = Path::new(&a.list);
-        Some(
-            pipemail::input::find_duplicates(
-                || ListReader::open(path),
-                |n| shard.is_none_or(|s| s.takes(n)),
-            )
-            .map_err(|e| match e {
-                pipemail::input::DedupError::Input(e) => fail(input_exit(&e), e),
-                e @ pipemail::input::DedupError::Temp(_) => fail(Exit::IoErr, e),
-            })?,
-        )
-    } else {
-        None
-    };
     let mut campaign = Campaign::new(conn.connect, list, template, from);
     campaign.report = report;
     campaign.resume = resume;

@@ -17,7 +17,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 
-use super::{InputError, ListReader, address_key};
+use super::{InputError, ListReader, ScanSummary, address_key};
 
 /// `(hash, row)` pairs sorted in memory at a time: 16 bytes each, 8 MiB per run.
 pub(crate) const RUN_ENTRIES: usize = 512 * 1024;
@@ -67,7 +67,31 @@ pub fn find_duplicates<R: Read>(
     open: impl FnMut() -> Result<ListReader<R>, InputError>,
     take: impl Fn(u64) -> bool,
 ) -> Result<KnownDuplicates, DedupError> {
-    find_duplicates_with(open, take, address_key, RUN_ENTRIES)
+    find_duplicates_with(
+        open,
+        take,
+        address_key,
+        RUN_ENTRIES,
+        &mut ScanSummary::default(),
+    )
+}
+
+/// [`super::scan_file`] and [`find_duplicates`] in one: the check of every row rides on the
+/// pre-scan's first pass, so a list file is read twice, not three times, before sending
+/// (the third read only touches candidate rows' records).
+pub fn scan_and_find_duplicates(
+    path: &std::path::Path,
+    take: impl Fn(u64) -> bool,
+) -> Result<(ScanSummary, KnownDuplicates), DedupError> {
+    let mut scan = ScanSummary::default();
+    let known = find_duplicates_with(
+        || ListReader::open(path),
+        take,
+        address_key,
+        RUN_ENTRIES,
+        &mut scan,
+    )?;
+    Ok((scan, known))
 }
 
 /// [`find_duplicates`] with the hash and run size as parameters (a test hook: a weak hash
@@ -77,6 +101,7 @@ pub(crate) fn find_duplicates_with<R: Read>(
     take: impl Fn(u64) -> bool,
     hash: fn(&str) -> u64,
     run_entries: usize,
+    scan: &mut ScanSummary,
 ) -> Result<KnownDuplicates, DedupError> {
     // Pass 1: sorted runs of (hash, row).
     let mut runs: Vec<File> = Vec::new();
@@ -84,7 +109,15 @@ pub(crate) fn find_duplicates_with<R: Read>(
     let mut list = open()?;
     while let Some(row) = list.next_row() {
         let row = row?;
-        if row.problem.is_some() || !take(row.number) {
+        scan.rows += 1;
+        if let Some(problem) = &row.problem {
+            scan.problems += 1;
+            if scan.first_problem.is_none() {
+                scan.first_problem = Some((row.line, problem.clone()));
+            }
+            continue;
+        }
+        if !take(row.number) {
             continue;
         }
         buf.push((hash(&row.email), row.number));

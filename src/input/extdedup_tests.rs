@@ -51,7 +51,14 @@ fn external(
     hash: fn(&str) -> u64,
     run: usize,
 ) -> Vec<(u64, u64)> {
-    let d = find_duplicates_with(opener(csv), take, hash, run).expect("pre-scan");
+    let mut scan = ScanSummary::default();
+    let d = find_duplicates_with(opener(csv), take, hash, run, &mut scan).expect("pre-scan");
+    let mut whole = opener(csv)().expect("list");
+    assert_eq!(
+        scan,
+        crate::input::scan_list(&mut whole).expect("scan"),
+        "the same check"
+    );
     d.dup_of
 }
 
@@ -110,7 +117,10 @@ fn a_collision_never_skips_a_real_recipient() {
         .collect();
     let csv = list_of(&emails);
     let all_collide: fn(&str) -> u64 = |_| 42;
-    let d = find_duplicates_with(opener(&csv), |_| true, all_collide, 2).expect("pre-scan");
+    let mut scan = ScanSummary::default();
+    let d =
+        find_duplicates_with(opener(&csv), |_| true, all_collide, 2, &mut scan).expect("pre-scan");
+    assert_eq!(scan.rows, 4);
     assert_eq!(d.len(), 1);
     assert_eq!(d.first_of(3), Some(1));
     assert_eq!((d.first_of(2), d.first_of(4)), (None, None));
