@@ -246,6 +246,12 @@ pub(crate) struct SendArgs {
     /// Messages per session before starting a fresh one (0: no limit).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) max_per_connection: u64,
+    /// Recipients per transaction (1..1000): rows share one message (one rendering, one
+    /// Message-ID). The template must use no list column; a 452 "too many recipients" moves
+    /// the refused rows to the next transaction. --rate and --max-per-connection then count
+    /// recipients and transactions.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) batch_recipients: u32,
     /// Global rate limit: N/s, N/min or N/h.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub(crate) rate: Option<f64>,

@@ -169,6 +169,7 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
     };
     // The list: a regular file is scanned whole first, so bad data stops the run before
     // any connection; stdin is checked as it streams.
+    let mut known_duplicates = None;
     let (list, list_total): (ListReader<Box<dyn Read + Send>>, Option<u64>) = if a.list == "-" {
         let r: Box<dyn Read + Send> = Box::new(std::io::stdin());
         (
@@ -177,7 +178,21 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         )
     } else {
         let path = Path::new(&a.list);
-        let scan = scan_file(path).map_err(|e| fail(input_exit(&e), e))?;
+        // A list file: repeats found by an external sort of address hashes, so memory stays
+        // flat at any length (stdin keeps the in-memory filter); the row check rides along.
+        let scan = if a.allow_duplicates {
+            scan_file(path).map_err(|e| fail(input_exit(&e), e))?
+        } else {
+            // Every row of the whole list: a shard skips an address first seen in another
+            // shard, as a one-machine run does.
+            let (scan, known) =
+                pipemail::input::scan_and_find_duplicates(path, |_| true).map_err(|e| match e {
+                    pipemail::input::DedupError::Input(e) => fail(input_exit(&e), e),
+                    e @ pipemail::input::DedupError::Temp(_) => fail(Exit::IoErr, e),
+                })?;
+            known_duplicates = Some(known);
+            scan
+        };
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open the list {}", a.list))
             .map_err(|e| fail(Exit::NoInput, e))?;
@@ -189,7 +204,7 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
     };
     let Some(template_src) = template_src else {
         let m = list_message_plan(&a, list.headers())?;
-        return finish_send_plan(a, conn, list, list_total, shard, m);
+        return finish_send_plan(a, conn, (list, list_total, known_duplicates), shard, m);
     };
     let template = Template::parse(&template_src, &template_name, list.headers())
         .map_err(|e| fail(Exit::DataErr, e))?;
@@ -220,18 +235,36 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         from,
         row_templates: None,
     };
-    finish_send_plan(a, conn, list, list_total, shard, m)
+    finish_send_plan(a, conn, (list, list_total, known_duplicates), shard, m)
 }
 
 /// The rest of [`send_plan`], once the message is known.
 fn finish_send_plan(
     a: SendArgs,
     conn: ConnPlan,
-    list: ListReader<Box<dyn Read + Send>>,
-    list_total: Option<u64>,
+    (list, list_total, known_duplicates): (
+        ListReader<Box<dyn Read + Send>>,
+        Option<u64>,
+        Option<pipemail::input::KnownDuplicates>,
+    ),
     shard: Option<Shard>,
     m: MessagePlan,
 ) -> Result<SendPlan, Failure> {
+    // One rendering per transaction: no per-row placeholder, no per-row template, and a
+    // list that carries its own message is per row by nature.
+    if a.batch_recipients > 1 {
+        if m.row_templates.is_some() {
+            return Err(fail(
+                Exit::Usage,
+                anyhow!(
+                    "--batch-recipients needs one message for every row; the list's template column chooses one per row"
+                ),
+            ));
+        }
+        if let Some(why) = pipemail::campaign::batch_obstacle(&m.template) {
+            return Err(fail(Exit::Usage, anyhow!(why)));
+        }
+    }
     let report = a.report.as_ref().map(|path| {
         let format = match a.format {
             Some(FormatArg::Csv) => Format::Csv,
@@ -253,10 +286,12 @@ fn finish_send_plan(
         retry_delay: a.retry_delay,
         max_per_connection: a.max_per_connection,
         rate: a.rate,
+        batch_recipients: a.batch_recipients as usize,
         ..ScheduleConfig::default()
     };
     campaign.allow_duplicates = a.allow_duplicates;
     campaign.shard = shard;
+    campaign.known_duplicates = known_duplicates;
     campaign.handle_ctrl_c = true;
     Ok(SendPlan {
         campaign,

@@ -95,6 +95,7 @@ pub(crate) fn for_campaign(e: &CampaignError) -> Exit {
         | CampaignError::JournalRemove(_)
         | CampaignError::CarryRemove(_) => Exit::IoErr,
         CampaignError::Start { .. } | CampaignError::Internal(_) => Exit::Software,
+        CampaignError::Batch(_) => Exit::Usage,
     }
 }
 

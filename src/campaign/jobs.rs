@@ -8,7 +8,7 @@
 use time::OffsetDateTime;
 
 use super::schedule::Job;
-use crate::input::{DuplicateFilter, Row};
+use crate::input::{DuplicateFilter, KnownDuplicates, Row};
 use crate::report::{PreviousOutcome, ReportRow, ResumeState, Stage, Status};
 
 /// `--shard K/N`: this run takes data rows `K, K+N, K+2N…` (1-based).
@@ -51,6 +51,8 @@ pub enum Decision {
 pub struct JobFilter {
     shard: Option<Shard>,
     dups: Option<DuplicateFilter>,
+    /// Repeats found before the run ([`crate::input::find_duplicates`]), instead of `dups`.
+    known: Option<KnownDuplicates>,
     resume: Option<ResumeState>,
     skip_unknown: bool,
 }
@@ -67,9 +69,21 @@ impl JobFilter {
         Self {
             shard,
             dups: (!allow_duplicates).then(DuplicateFilter::new),
+            known: None,
             resume,
             skip_unknown,
         }
+    }
+
+    /// Takes the repeats from a pre-scan of the list instead of remembering every address
+    /// (no effect when duplicates are allowed). The pre-scan must have seen the same rows:
+    /// this shard's, without input problems.
+    pub fn with_known_duplicates(mut self, known: KnownDuplicates) -> Self {
+        if self.dups.is_some() {
+            self.dups = None;
+            self.known = Some(known);
+        }
+        self
     }
 
     /// Decides one row.
@@ -88,6 +102,11 @@ impl JobFilter {
         if let Some(p) = &row.problem {
             let mut r = row_report(&row, Status::Failed, Some(Stage::Input), 0);
             r.response = p.clone();
+            return Decision::Report(r);
+        }
+        if let Some(first) = self.known.as_ref().and_then(|k| k.first_of(row.number)) {
+            let mut r = row_report(&row, Status::Skipped, None, 0);
+            r.response = format!("duplicate of row {first}");
             return Decision::Report(r);
         }
         if let Some(first) = first {

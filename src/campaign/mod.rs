@@ -51,8 +51,8 @@ use crate::template::Template;
 
 pub use jobs::{Decision, JobFilter, Shard};
 pub use level::{DROPS_TO_STEP_DOWN, LevelChange, LevelReason, level_text};
-pub use render::{FromSource, Renderer, RowTemplates};
-pub use schedule::{Handled, Job, Poll, Schedule, ScheduleConfig, Verdict, backoff};
+pub use render::{FromSource, Renderer, RowTemplates, batch_obstacle};
+pub use schedule::{BatchPoll, Handled, Job, Poll, Schedule, ScheduleConfig, Verdict, backoff};
 
 /// The list as the campaign reads it.
 pub type List = ListReader<Box<dyn Read + Send>>;
@@ -83,6 +83,10 @@ pub struct Campaign {
     pub shard: Option<Shard>,
     /// Per-row templates chosen by the list's `template` column.
     pub row_templates: Option<RowTemplates>,
+    /// Repeated rows found by a pre-scan of a list file ([`crate::input::find_duplicates`]
+    /// over this shard's rows): used instead of the in-memory duplicate filter, so memory
+    /// stays flat however long the list.
+    pub known_duplicates: Option<crate::input::KnownDuplicates>,
     /// Handle Ctrl-C: first stop taking messages and drain, second abort
     /// ([`Observer::interrupted`], [`Observer::aborted`]).
     pub handle_ctrl_c: bool,
@@ -105,6 +109,7 @@ impl Campaign {
             allow_duplicates: false,
             shard: None,
             row_templates: None,
+            known_duplicates: None,
             handle_ctrl_c: false,
             stopper: Stopper::default(),
         }
@@ -135,6 +140,9 @@ impl Campaign {
             self.resume.take(),
             self.skip_unknown,
         );
+        if let Some(k) = self.known_duplicates.take() {
+            filter = filter.with_known_duplicates(k);
+        }
         let mut counts = DryRun::default();
         while let Some(item) = self.list.next_row() {
             let row = item.map_err(CampaignError::List)?;
@@ -418,6 +426,9 @@ pub enum CampaignError {
         /// Why.
         source: std::io::Error,
     },
+    /// `--batch-recipients` above 1 with a template that uses the row ([`batch_obstacle`]).
+    #[error("{0}")]
+    Batch(String),
     /// A bug: a thread panicked or an invariant broke.
     #[error("internal: {0}")]
     Internal(&'static str),
@@ -427,3 +438,7 @@ pub enum CampaignError {
 mod level_tests;
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "batch_tests.rs"]
+mod batch_tests;

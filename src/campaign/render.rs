@@ -10,6 +10,22 @@ use crate::engine::Message;
 use crate::input::Row;
 use crate::template::{RenderOptions, Template, from_address_of};
 
+/// Why `template` cannot go to several recipients per transaction (`--batch-recipients`),
+/// if it cannot: one rendering serves the whole transaction, so no placeholder may use a
+/// list column. `None`: it can.
+pub fn batch_obstacle(template: &Template) -> Option<String> {
+    let vars = template.variables();
+    if vars.is_empty() {
+        return None;
+    }
+    let used: Vec<String> = vars.iter().map(|v| format!("{{{{ {v} }}}}")).collect();
+    Some(format!(
+        "--batch-recipients needs a template without per-row placeholders, and {} uses {}",
+        template.name(),
+        used.join(", ")
+    ))
+}
+
 /// Where the envelope sender comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromSource {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::jobs::{Decision, JobFilter, row_report};
 use super::level::HostLevel;
 use super::render::Renderer;
-use super::schedule::{Job, Poll, Schedule, backoff};
+use super::schedule::{BatchPoll, Job, Poll, Schedule, backoff};
 use super::session::{SessionEnd, run_session};
 use super::{Campaign, CampaignError, List, Observer, RoundTrips, Summary, Tally};
 use crate::driver::{ConnectOptions, Connection};
@@ -77,6 +77,21 @@ impl Queue {
         // Wake the list thread once per half queue, not once per job: a wake-up costs a
         // futex call and a context switch, as much CPU as sending a message.
         let refill = matches!(p, Poll::Job { .. }) && st.queued() == st.config().queue_cap / 2;
+        drop(st);
+        if refill {
+            self.space.notify_one();
+        }
+        p
+    }
+
+    /// Up to `max` jobs for one transaction of a session that has sent `messages`.
+    pub(super) fn poll_batch(&self, messages: u64, max: usize) -> BatchPoll {
+        let mut st = self.lock();
+        let before = st.queued();
+        let p = st.poll_batch(Instant::now(), messages, max);
+        // As in `poll_job`: wake the list thread when the queue drops through half.
+        let half = st.config().queue_cap / 2;
+        let refill = before > half && st.queued() <= half;
         drop(st);
         if refill {
             self.space.notify_one();
@@ -174,9 +189,46 @@ impl Ctx {
     /// and missing from the report for longer than this call: after a kill -9 only rows in
     /// the pipeline can be unknown), then tells the report thread for the counts.
     pub(super) fn send_report(&self, row: &ReportRow) {
+        self.report_row(row, true);
+    }
+
+    /// Like [`Ctx::send_report`], but the row waits in the report buffer for the next
+    /// [`Ctx::flush_reports`] or `send_report`: a session adds the rows of one batch of
+    /// replies and writes them together before it commits anything more, so a kill still
+    /// loses only rows in the pipeline.
+    pub(super) fn queue_report(&self, row: &ReportRow) {
+        self.report_row(row, false);
+    }
+
+    /// Writes the queued rows.
+    pub(super) fn flush_reports(&self) {
         let failed = {
             let mut w = lock(&self.writer);
-            match w.as_mut().map(|writer| writer.write(row)) {
+            match w.as_mut().map(ReportWriter::flush_pending) {
+                Some(Err(e)) => {
+                    lock(&self.write_error).get_or_insert_with(|| e.to_string());
+                    *w = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if failed {
+            self.queue.stop();
+        }
+    }
+
+    fn report_row(&self, row: &ReportRow, now: bool) {
+        let failed = {
+            let mut w = lock(&self.writer);
+            let r = w.as_mut().map(|writer| {
+                if now {
+                    writer.write(row)
+                } else {
+                    writer.append(row)
+                }
+            });
+            match r {
                 Some(Err(e)) => {
                     lock(&self.write_error).get_or_insert_with(|| e.to_string());
                     *w = None;
@@ -209,6 +261,11 @@ impl Ctx {
 /// Runs a campaign; see [`Campaign::run`].
 pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, CampaignError> {
     let started = Instant::now();
+    if c.schedule.batch_recipients > 1
+        && let Some(why) = super::render::batch_obstacle(&c.template)
+    {
+        return Err(CampaignError::Batch(why));
+    }
     let headers = c.list.headers().to_vec();
     let (writer, journal) = match &c.report {
         Some((path, format)) => {
@@ -276,7 +333,10 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
 
     // List thread.
     let pctx = Arc::clone(&ctx);
-    let filter = JobFilter::new(c.shard, c.allow_duplicates, c.resume, c.skip_unknown);
+    let mut filter = JobFilter::new(c.shard, c.allow_duplicates, c.resume, c.skip_unknown);
+    if let Some(k) = c.known_duplicates {
+        filter = filter.with_known_duplicates(k);
+    }
     let list = c.list;
     let producer = std::thread::Builder::new()
         .name("list".into())

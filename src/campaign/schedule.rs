@@ -71,6 +71,10 @@ pub struct ScheduleConfig {
     pub rate: Option<f64>,
     /// Fresh jobs held before the list reader is asked to wait.
     pub queue_cap: usize,
+    /// Recipients (rows) per transaction (`--batch-recipients`); 1: one row per message.
+    /// With more, a session takes jobs only once a whole batch is ready, or a retry is due,
+    /// or the list is exhausted ([`Schedule::has_ready_job`]).
+    pub batch_recipients: usize,
 }
 
 impl Default for ScheduleConfig {
@@ -81,6 +85,7 @@ impl Default for ScheduleConfig {
             max_per_connection: 0,
             rate: None,
             queue_cap: 2048,
+            batch_recipients: 1,
         }
     }
 }
@@ -100,6 +105,24 @@ pub enum Poll {
     /// Nothing is ready: wait for a push or outcome, or until this time (a retry falls due).
     Wait(Option<Instant>),
     /// Every job is finally reported, or the run was stopped: end the session.
+    Done,
+}
+
+/// What [`Schedule::poll_batch`] says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchPoll {
+    /// Send these jobs as one transaction, not before `not_before`.
+    Jobs {
+        /// The jobs, at least one.
+        jobs: Vec<Job>,
+        /// When the transaction may go.
+        not_before: Instant,
+    },
+    /// See [`Poll::Rotate`].
+    Rotate,
+    /// See [`Poll::Wait`].
+    Wait(Option<Instant>),
+    /// See [`Poll::Done`].
     Done,
 }
 
@@ -228,9 +251,58 @@ impl Schedule {
         self.producer_done && self.outstanding == 0
     }
 
-    /// Is a job ready to go at `now` (a fresh one, or a retry that is due)?
+    /// Is a job ready to go at `now` (a fresh one, or a retry that is due)? With
+    /// `batch_recipients` above 1, fresh jobs count only as a whole batch, or once the list is
+    /// exhausted (or the queue full), so transactions are full whenever the list allows.
     pub fn has_ready_job(&self, now: Instant) -> bool {
-        !self.fresh.is_empty() || self.retry.peek().is_some_and(|r| r.at <= now)
+        let batch = self.cfg.batch_recipients.max(1);
+        let fresh_ready = if batch == 1 {
+            !self.fresh.is_empty()
+        } else {
+            !self.fresh.is_empty()
+                && (self.fresh.len() >= batch || self.producer_done || self.is_full())
+        };
+        fresh_ready || self.retry.peek().is_some_and(|r| r.at <= now)
+    }
+
+    /// Up to `max` jobs for one transaction (`--batch-recipients`), for a session that has
+    /// sent `session_messages` messages: due retries first, then fresh jobs. Nothing (a
+    /// [`Poll::Wait`]) while [`Schedule::has_ready_job`] says no. The rate limit reserves
+    /// one slot per job; `not_before` is the last one's.
+    pub fn poll_batch(&mut self, now: Instant, session_messages: u64, max: usize) -> BatchPoll {
+        if self.stopped {
+            return BatchPoll::Done;
+        }
+        if self.cfg.max_per_connection > 0 && session_messages >= self.cfg.max_per_connection {
+            return BatchPoll::Rotate;
+        }
+        if !self.has_ready_job(now) {
+            return if self.is_finished() {
+                BatchPoll::Done
+            } else {
+                BatchPoll::Wait(self.poll_timeout())
+            };
+        }
+        let mut jobs = Vec::with_capacity(max.max(1));
+        let mut not_before = now;
+        while jobs.len() < max.max(1) {
+            let job = if self.retry.peek().is_some_and(|r| r.at <= now) {
+                self.retry.pop().map(|r| r.job)
+            } else {
+                self.fresh.pop_front()
+            };
+            let Some(job) = job else { break };
+            not_before = self.reserve_slot(now);
+            jobs.push(job);
+        }
+        BatchPoll::Jobs { jobs, not_before }
+    }
+
+    /// A job refused with "too many recipients" (452) after others of its transaction were
+    /// accepted: it goes first into the next transaction, the attempt not counted (RFC 5321
+    /// §4.5.3.1.10). It stays outstanding.
+    pub fn requeue_front(&mut self, job: Job) {
+        self.fresh.push_front(job);
     }
 
     /// The next job for a session that has sent `session_messages` messages so far.

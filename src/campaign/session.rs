@@ -11,10 +11,11 @@ use super::CampaignError;
 use super::jobs::row_report;
 use super::level::LevelReason;
 use super::runner::{Ctx, ReportMsg, UNCERTAIN_NOTE, lock};
-use super::schedule::{Handled, Job, Poll};
+use super::schedule::{BatchPoll, Handled, Job, Poll};
 use crate::driver::Connection;
 use crate::engine::{
     Event, Extensions, PipeliningLevel, PipeliningPolicy, RcptOutcome, SessionError,
+    Stage as EngineStage,
 };
 use crate::report::{Stage, Status};
 
@@ -27,9 +28,17 @@ pub(super) struct SessionEnd {
     pub(super) stage: Stage,
 }
 
+/// One transaction in flight: its jobs by recipient index (one unless
+/// `--batch-recipients`), taken out as their outcomes arrive.
 struct InFlight {
-    job: Job,
+    jobs: Vec<Option<Job>>,
     message_id: String,
+    /// Outcomes still to come.
+    left: usize,
+    /// A recipient of this transaction got past RCPT (its outcome was decided later).
+    accepted_any: bool,
+    /// Rows refused "too many recipients", decided once every outcome is in.
+    too_many: Vec<(Job, RcptOutcome)>,
 }
 
 pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
@@ -39,6 +48,9 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
     let mut messages = 0u64;
     let mut last_rt = (0u64, 0u64);
     let mut end_error: Option<SessionError> = None;
+    let batch = ctx.queue.lock().config().batch_recipients.max(1);
+    // Lowered when the server refuses recipients beyond a limit of its own.
+    let mut batch_limit = batch;
     loop {
         // Events first: outcomes free window slots.
         while let Some(ev) = conn.session().poll_event() {
@@ -54,7 +66,7 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                     }
                 }
                 Event::Exchange(x) => ctx.observer.exchange(&x),
-                Event::Recipient(o) => on_outcome(ctx, &mut inflight, o),
+                Event::Recipient(o) => on_outcome(ctx, &mut inflight, o, &mut batch_limit),
                 Event::SteppedDown(sd) => {
                     let bdat = conn.session_ref().bdat_mode();
                     let evidence = LevelReason::Refused(sd.clone());
@@ -80,6 +92,8 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                 _ => {}
             }
         }
+        // The rows of these replies, in one write, before anything more is committed.
+        ctx.flush_reports();
         let rt = conn.session_ref().round_trips();
         let c = &ctx.counters;
         c.rt_used.fetch_add(rt.used - last_rt.0, Ordering::Relaxed);
@@ -92,7 +106,25 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
         // Feed the session.
         let stopping = ctx.stopped();
         if conn.session_ref().is_ready() && !stopping {
-            while conn.session_ref().wants_message() {
+            while batch > 1 && conn.session_ref().wants_message() {
+                let (jobs, not_before) = match ctx.queue.poll_batch(messages, batch_limit) {
+                    BatchPoll::Jobs { jobs, not_before } => (jobs, not_before),
+                    BatchPoll::Done | BatchPoll::Rotate => {
+                        conn.session().quit();
+                        break;
+                    }
+                    BatchPoll::Wait(_) => break,
+                };
+                if not_before > Instant::now() {
+                    tokio::time::sleep_until(not_before.into()).await;
+                }
+                messages += 1;
+                let smtputf8 = conn.session_ref().capabilities().has(Extensions::SMTPUTF8);
+                if let Some(msg) = render_batch(ctx, smtputf8, jobs, &mut inflight) {
+                    conn.session().send(msg);
+                }
+            }
+            while batch == 1 && conn.session_ref().wants_message() {
                 let (job, not_before) = match ctx.queue.poll_job(messages) {
                     Poll::Job { job, not_before } => (job, not_before),
                     Poll::Done | Poll::Rotate => {
@@ -132,7 +164,8 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                 let rows: Vec<(u64, &str)> = committed
                     .iter()
                     .filter_map(|id| inflight.get(id))
-                    .map(|f| (f.job.row.number, f.job.row.email.as_str()))
+                    .flat_map(|f| f.jobs.iter().flatten())
+                    .map(|j| (j.row.number, j.row.email.as_str()))
                     .collect();
                 if let Err(e) = lock(j).record_in_flight(&rows) {
                     let _ = ctx
@@ -180,8 +213,11 @@ fn render(
             inflight.insert(
                 r.message.id,
                 InFlight {
-                    job,
+                    jobs: vec![Some(job)],
                     message_id: r.message_id,
+                    left: 1,
+                    accepted_any: false,
+                    too_many: Vec::new(),
                 },
             );
             Some(r.message)
@@ -196,10 +232,114 @@ fn render(
     }
 }
 
-fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) {
-    let Some(InFlight { job, message_id }) = inflight.remove(&o.message) else {
+/// Renders one transaction for several jobs (`--batch-recipients`: the template has no
+/// per-row placeholder, so the first row renders the message for all), or reports every
+/// row failed at stage `input`.
+fn render_batch(
+    ctx: &Ctx,
+    smtputf8: bool,
+    jobs: Vec<Job>,
+    inflight: &mut HashMap<u64, InFlight>,
+) -> Option<crate::engine::Message> {
+    let first = jobs.first()?;
+    match ctx
+        .renderer
+        .render(&first.row, smtputf8, OffsetDateTime::now_utc())
+    {
+        Ok(mut r) => {
+            for j in &jobs {
+                if r.sanitized && j.attempts == 0 {
+                    let _ = ctx.report.send(ReportMsg::Sanitized);
+                }
+            }
+            r.message.to = jobs.iter().map(|j| j.row.email.clone()).collect();
+            inflight.insert(
+                r.message.id,
+                InFlight {
+                    left: jobs.len(),
+                    jobs: jobs.into_iter().map(Some).collect(),
+                    message_id: r.message_id,
+                    accepted_any: false,
+                    too_many: Vec::new(),
+                },
+            );
+            Some(r.message)
+        }
+        Err(why) => {
+            for job in &jobs {
+                let mut r = row_report(&job.row, Status::Failed, Some(Stage::Input), job.attempts);
+                r.response.clone_from(&why);
+                ctx.send_report(&r);
+                ctx.queue.finish();
+            }
+            None
+        }
+    }
+}
+
+/// "Too many recipients" (RFC 5321 §4.5.3.1.10): a 452 to RCPT, or enhanced code 4.5.3.
+fn too_many_recipients(o: &RcptOutcome) -> bool {
+    o.stage == EngineStage::Rcpt
+        && o.reply.as_ref().is_some_and(|r| {
+            r.code == 452
+                || r.enhanced
+                    .is_some_and(|e| (e.class, e.subject, e.detail) == (4, 5, 3))
+        })
+}
+
+fn on_outcome(
+    ctx: &Ctx,
+    inflight: &mut HashMap<u64, InFlight>,
+    o: RcptOutcome,
+    batch_limit: &mut usize,
+) {
+    let Some(f) = inflight.get_mut(&o.message) else {
         return;
     };
+    let Some(job) = f.jobs.get_mut(o.index).and_then(Option::take) else {
+        return;
+    };
+    let id = o.message;
+    f.left = f.left.saturating_sub(1);
+    f.accepted_any |= matches!(o.stage, EngineStage::Data | EngineStage::Body);
+    let batched = f.jobs.len() > 1;
+    if batched && too_many_recipients(&o) {
+        f.too_many.push((job, o));
+    } else {
+        let message_id = f.message_id.clone();
+        finish_job(ctx, job, &o, message_id);
+    }
+    if f.left > 0 {
+        return;
+    }
+    let Some(f) = inflight.remove(&id) else {
+        return;
+    };
+    if f.too_many.is_empty() {
+        return;
+    }
+    if f.accepted_any && !ctx.stopped() {
+        // The server took part of the transaction and refused the rest for its size: the
+        // rest goes first into the next transaction, the attempt not counted, and this
+        // session's transactions stay below the server's limit from now on.
+        if let Some(k) = f.too_many.iter().map(|(_, o)| o.index).min() {
+            *batch_limit = (*batch_limit).min(k.max(1));
+        }
+        let mut q = ctx.queue.lock();
+        for (job, _) in f.too_many.into_iter().rev() {
+            q.requeue_front(job);
+        }
+        drop(q);
+        ctx.queue.notify.notify_waiters();
+    } else {
+        for (job, o) in f.too_many {
+            finish_job(ctx, job, &o, f.message_id.clone());
+        }
+    }
+}
+
+/// One job's outcome: retried, or reported now.
+fn finish_job(ctx: &Ctx, job: Job, o: &RcptOutcome, message_id: String) {
     let verdict = ctx
         .queue
         .lock()
@@ -227,6 +367,6 @@ fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) 
         o.text()
     };
     r.message_id = message_id;
-    ctx.send_report(&r);
+    ctx.queue_report(&r);
     ctx.queue.notify.notify_waiters();
 }

@@ -27,9 +27,11 @@ use std::path::Path;
 use crate::engine::check_address;
 
 mod dedup;
+mod extdedup;
 
 pub(crate) use dedup::bucket_index;
 pub use dedup::{DuplicateFilter, address_key};
+pub use extdedup::{DedupError, KnownDuplicates, find_duplicates, scan_and_find_duplicates};
 
 /// Default limit for the size of one CSV record, in bytes (1 MiB).
 pub const DEFAULT_MAX_RECORD: u64 = 1024 * 1024;

@@ -72,15 +72,25 @@ impl ReportWriter {
         self.out.flush()
     }
 
-    /// Appends one row and flushes it to the file (one `write` call; no `fsync`).
+    /// Appends one row and flushes it to the file, with any rows [`ReportWriter::append`]ed
+    /// before it (one `write` call; no `fsync`).
     ///
     /// Text is written inert: control characters escaped by [`crate::text::printable_str`]
     /// in every format, and every CSV cell formula-guarded by [`crate::text::guard_cell`].
     pub fn write(&mut self, row: &ReportRow) -> io::Result<()> {
-        self.buf.clear();
+        self.append(row)?;
+        self.flush_buf()
+    }
+
+    /// Encodes one row into the buffer without writing it: several rows decided together
+    /// then go out in one `write` ([`ReportWriter::flush_pending`]).
+    pub fn append(&mut self, row: &ReportRow) -> io::Result<()> {
         match self.format {
             Format::Csv => {
-                let mut csv = csv::Writer::from_writer(&mut self.buf);
+                // A small buffer: the default (8 KiB, zeroed) cost more than the row.
+                let mut csv = csv::WriterBuilder::new()
+                    .buffer_capacity(256)
+                    .from_writer(&mut self.buf);
                 csv.write_record(row.csv_fields())?;
                 csv.flush()?;
             }
@@ -96,6 +106,14 @@ impl ReportWriter {
             }
         }
         self.rows += 1;
+        Ok(())
+    }
+
+    /// Writes the rows appended since the last write, if any, in one `write` call.
+    pub fn flush_pending(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
         self.flush_buf()
     }
 

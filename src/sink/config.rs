@@ -54,6 +54,9 @@ pub struct SinkConfig {
     /// What to do with commands pipelined behind the end of a message (default: accept them,
     /// as RFC 2920 allows). See [`AfterDot`].
     pub after_dot: AfterDot,
+    /// Most recipients per transaction (default 1000); each RCPT beyond gets
+    /// `452 4.5.3 Error: too many recipients` (RFC 5321 §4.5.3.1.10).
+    pub max_recipients: usize,
 }
 
 impl Default for SinkConfig {
@@ -74,6 +77,7 @@ impl Default for SinkConfig {
             allow_plain_auth: false,
             faults: None,
             after_dot: AfterDot::Accept,
+            max_recipients: super::server::MAX_RCPTS,
         }
     }
 }

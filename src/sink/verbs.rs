@@ -182,7 +182,7 @@ impl Server {
         if !addr.is_ascii() && !txn.smtputf8 {
             return Err("553 5.6.7 Must declare SMTPUTF8 to send unicode address".into());
         }
-        if txn.rcpts.len() >= MAX_RCPTS {
+        if txn.rcpts.len() >= self.cfg.max_recipients.min(MAX_RCPTS) {
             return Err("452 4.5.3 Error: too many recipients".into());
         }
         if let Some(rule) = self.cfg.reject.iter().find(|r| r.matches(&addr)) {

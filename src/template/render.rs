@@ -126,7 +126,7 @@ impl HeaderSection {
                     "{}.{}.{}@{domain}",
                     opts.now.unix_timestamp_nanos(),
                     row_number,
-                    std::process::id()
+                    process_id()
                 );
                 fields.push(RenderedField::new("Message-ID", &format!("<{id}>")));
                 id
@@ -147,4 +147,10 @@ impl HeaderSection {
             .map(|l| l.len() + 2)
             .sum()
     }
+}
+
+/// The process id, asked of the kernel once (it was a `getpid` call per message).
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
