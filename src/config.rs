@@ -213,8 +213,9 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
             Some(scan.rows),
         )
     };
-    let template = Template::parse(&template_src, &template_name, list.headers())
+    let mut template = Template::parse_for_mime(&template_src, &template_name, list.headers())
         .map_err(|e| fail(Exit::DataErr, e))?;
+    let mime = mime_options(&a, &mut template, list.headers())?;
     let from = match (&a.from, template.from_address()) {
         (Some(f), _) => {
             engine::check_address(f)
@@ -277,11 +278,59 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
     campaign.allow_duplicates = a.allow_duplicates;
     campaign.shard = shard;
     campaign.handle_ctrl_c = true;
+    campaign.mime = Some(mime);
+    campaign.dry_run_output = a.output.clone();
     Ok(SendPlan {
         campaign,
         list_total: list_total.map(|t| shard.map_or(t, |s| s.rows_of(t))),
         quiet: a.quiet,
         verbose: conn.verbose,
         label: None,
+    })
+}
+
+/// The message setup of `send`: `--html` added to the template, `--attach` files checked,
+/// the `Attach:` directory (default: the template's directory; the current one for stdin).
+fn mime_options(
+    a: &SendArgs,
+    template: &mut Template,
+    columns: &[String],
+) -> Result<pipemail::message::ComposerOptions, Failure> {
+    if let Some(path) = &a.html {
+        let src = std::fs::read(path)
+            .with_context(|| format!("cannot read the HTML template {}", path.display()))
+            .map_err(|e| fail(Exit::NoInput, e))?;
+        template
+            .add_html(&src, &path.display().to_string(), columns)
+            .map_err(|e| fail(Exit::DataErr, e))?;
+    }
+    for path in &a.attach {
+        if !path.exists() {
+            return Err(fail(
+                Exit::NoInput,
+                anyhow!("--attach {}: no such file", path.display()),
+            ));
+        }
+    }
+    if let Some(dir) = &a.output
+        && !dir.is_dir()
+    {
+        return Err(fail(
+            Exit::NoInput,
+            anyhow!("--output {}: not a directory", dir.display()),
+        ));
+    }
+    let attach_dir = match &a.attach_dir {
+        Some(d) => d.clone(),
+        None if a.template == "-" => std::path::PathBuf::from("."),
+        None => Path::new(&a.template)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| std::path::PathBuf::from("."), Path::to_path_buf),
+    };
+    Ok(pipemail::message::ComposerOptions {
+        attach: a.attach.clone(),
+        attach_dir,
+        ..Default::default()
     })
 }

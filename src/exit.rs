@@ -95,6 +95,9 @@ pub(crate) fn for_campaign(e: &CampaignError) -> Exit {
         | CampaignError::JournalRemove(_)
         | CampaignError::CarryRemove(_) => Exit::IoErr,
         CampaignError::Start { .. } | CampaignError::Internal(_) => Exit::Software,
+        CampaignError::Compose(e) if e.is_missing() => Exit::NoInput,
+        CampaignError::Compose(_) => Exit::DataErr,
+        CampaignError::EmlWrite { .. } => Exit::IoErr,
     }
 }
 

@@ -82,6 +82,12 @@ pub struct Campaign {
     /// Handle Ctrl-C: first stop taking messages and drain, second abort
     /// ([`Observer::interrupted`], [`Observer::aborted`]).
     pub handle_ctrl_c: bool,
+    /// Compose each message as MIME ([`crate::message::Composer`]): HTML and Markdown
+    /// alternatives, `--attach` files and `Attach:` fields, `Cc:`/`Bcc:` in the envelope.
+    /// `None` (the default): the template is sent as rendered.
+    pub mime: Option<crate::message::ComposerOptions>,
+    /// `--dry-run --output DIR`: write each rendered message to `DIR/<row>.eml`.
+    pub dry_run_output: Option<std::path::PathBuf>,
     stopper: Stopper,
 }
 
@@ -101,6 +107,8 @@ impl Campaign {
             allow_duplicates: false,
             shard: None,
             handle_ctrl_c: false,
+            mime: None,
+            dry_run_output: None,
             stopper: Stopper::default(),
         }
     }
@@ -121,7 +129,11 @@ impl Campaign {
     /// message and each row that would fail.
     pub fn dry_run(mut self, mut on: impl FnMut(DryRunEvent<'_>)) -> Result<DryRun, CampaignError> {
         let headers = self.list.headers().to_vec();
-        let renderer = Renderer::new(self.template, headers, self.from);
+        let renderer = match &self.mime {
+            Some(opts) => Renderer::with_mime(self.template, headers, self.from, opts)
+                .map_err(CampaignError::Compose)?,
+            None => Renderer::new(self.template, headers, self.from),
+        };
         let mut filter = JobFilter::new(self.shard, self.allow_duplicates, None, false);
         let mut counts = DryRun::default();
         while let Some(item) = self.list.next_row() {
@@ -150,6 +162,14 @@ impl Campaign {
                     counts.sanitized += u64::from(r.sanitized);
                     if counts.ok == 1 {
                         on(DryRunEvent::First(&r.data));
+                    }
+                    if let Some(dir) = &self.dry_run_output {
+                        crate::message::write_eml(dir, number, &r.data).map_err(|source| {
+                            CampaignError::EmlWrite {
+                                path: dir.join(format!("{number}.eml")),
+                                source,
+                            }
+                        })?;
                     }
                 }
                 Err(text) => {
@@ -384,6 +404,20 @@ pub enum CampaignError {
         /// Which.
         what: &'static str,
         /// Why.
+        source: std::io::Error,
+    },
+    /// The message composer could not be set up (a `--attach` file or the attachment
+    /// directory is unusable); nothing was sent.
+    #[error(transparent)]
+    Compose(crate::message::SetupError),
+    /// `--dry-run --output`: a message file could not be written (it exists, or the
+    /// directory is not writable). Nothing is overwritten.
+    #[error("cannot write {}: {source}", path.display())]
+    EmlWrite {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
         source: std::io::Error,
     },
     /// A bug: a thread panicked or an invariant broke.

@@ -205,6 +205,12 @@ impl Ctx {
 pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, CampaignError> {
     let started = Instant::now();
     let headers = c.list.headers().to_vec();
+    // The composer reads the --attach files before anything is created or connected.
+    let renderer = match &c.mime {
+        Some(opts) => Renderer::with_mime(c.template, headers, c.from, opts)
+            .map_err(CampaignError::Compose)?,
+        None => Renderer::new(c.template, headers, c.from),
+    };
     let (writer, journal) = match &c.report {
         Some((path, format)) => {
             let w = ReportWriter::create(path, *format).map_err(|source| {
@@ -239,7 +245,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
     let stopper = c.stopper.clone();
     let ctx = Arc::new(Ctx {
         connect: c.connect,
-        renderer: Renderer::new(c.template, headers, c.from),
+        renderer,
         queue: Arc::clone(&queue),
         report: report_tx,
         journal: journal.map(Mutex::new),

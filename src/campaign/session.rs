@@ -25,6 +25,12 @@ pub(super) struct SessionEnd {
 struct InFlight {
     job: Job,
     message_id: String,
+    /// Outcomes still to come (the row's address and the `Cc:`/`Bcc:` envelope recipients).
+    pending: usize,
+    /// The row's own outcome, held until the extra recipients' are in.
+    own: Option<RcptOutcome>,
+    /// `addr=code` of each extra envelope recipient decided so far.
+    extra: Vec<String>,
 }
 
 pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
@@ -79,8 +85,10 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                     tokio::time::sleep_until(not_before.into()).await;
                 }
                 messages += 1;
-                let smtputf8 = conn.session_ref().capabilities().has(Extensions::SMTPUTF8);
-                if let Some(msg) = render(ctx, smtputf8, job, &mut inflight) {
+                let caps = conn.session_ref().capabilities();
+                let smtputf8 = caps.has(Extensions::SMTPUTF8);
+                let eight_bit = caps.has(Extensions::EIGHT_BIT_MIME);
+                if let Some(msg) = render(ctx, (smtputf8, eight_bit), job, &mut inflight) {
                     conn.session().send(msg);
                 }
             }
@@ -145,13 +153,13 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
 /// Renders a job into a message, or reports the row failed at stage `input`.
 fn render(
     ctx: &Ctx,
-    smtputf8: bool,
+    (smtputf8, eight_bit): (bool, bool),
     job: Job,
     inflight: &mut HashMap<u64, InFlight>,
 ) -> Option<crate::engine::Message> {
     match ctx
         .renderer
-        .render(&job.row, smtputf8, OffsetDateTime::now_utc())
+        .render_for(&job.row, smtputf8, eight_bit, OffsetDateTime::now_utc())
     {
         Ok(r) => {
             if r.sanitized && job.attempts == 0 {
@@ -162,6 +170,9 @@ fn render(
                 InFlight {
                     job,
                     message_id: r.message_id,
+                    pending: r.message.to.len(),
+                    own: None,
+                    extra: Vec::new(),
                 },
             );
             Some(r.message)
@@ -177,7 +188,29 @@ fn render(
 }
 
 fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) {
-    let Some(InFlight { job, message_id }) = inflight.remove(&o.message) else {
+    // One report row per message: the row's own address decides it; the outcomes of the
+    // extra envelope recipients (Cc/Bcc) are appended to its response text.
+    let id = o.message;
+    let Some(f) = inflight.get_mut(&id) else {
+        return;
+    };
+    f.pending = f.pending.saturating_sub(1);
+    if o.index == 0 {
+        f.own = Some(o);
+    } else {
+        f.extra.push(super::render::extra_outcome(&o));
+    }
+    if f.pending > 0 {
+        return;
+    }
+    let Some(InFlight {
+        job,
+        message_id,
+        own: Some(o),
+        extra,
+        ..
+    }) = inflight.remove(&id)
+    else {
         return;
     };
     let verdict = ctx
@@ -206,6 +239,14 @@ fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) 
     } else {
         o.text()
     };
+    if !extra.is_empty() {
+        r.response = format!(
+            "{}; {}{}",
+            r.response,
+            super::render::EXTRA_PREFIX,
+            extra.join(", ")
+        );
+    }
     r.message_id = message_id;
     ctx.send_report(&r);
     ctx.queue.notify.notify_waiters();
