@@ -197,6 +197,14 @@ pub(crate) struct SendArgs {
     /// No progress bar and no summary line.
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
+    /// Message composition: HTML, attachments, --dry-run output.
+    #[command(flatten)]
+    pub(crate) mime: Box<MimeArgs>,
+}
+
+/// `send`'s message-composition flags (boxed in [`SendArgs`] to keep it small).
+#[derive(Debug, Args)]
+pub(crate) struct MimeArgs {
     /// HTML template (same placeholders): sent with the text template as multipart/alternative.
     ///
     /// With an empty text body the text part is derived from the HTML. `cid:NAME` in the HTML,

@@ -145,7 +145,7 @@ pub(crate) fn local_hostname() -> String {
 use std::io::Read;
 use std::path::Path;
 
-use crate::cli::{FormatArg, SendArgs};
+use crate::cli::{FormatArg, MimeArgs, SendArgs};
 use crate::exit::for_input as input_exit;
 use pipemail::campaign::{Campaign, FromSource, ScheduleConfig, Shard};
 use pipemail::input::{ListReader, scan_file};
@@ -215,7 +215,13 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
     };
     let mut template = Template::parse_for_mime(&template_src, &template_name, list.headers())
         .map_err(|e| fail(Exit::DataErr, e))?;
-    let mime = mime_options(&a, &mut template, list.headers())?;
+    let mime = mime_options(
+        &a.mime,
+        a.template == "-",
+        &a.template,
+        &mut template,
+        list.headers(),
+    )?;
     let from = match (&a.from, template.from_address()) {
         (Some(f), _) => {
             engine::check_address(f)
@@ -279,7 +285,7 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
     campaign.shard = shard;
     campaign.handle_ctrl_c = true;
     campaign.mime = Some(mime);
-    campaign.dry_run_output = a.output.clone();
+    campaign.dry_run_output = a.mime.output.clone();
     Ok(SendPlan {
         campaign,
         list_total: list_total.map(|t| shard.map_or(t, |s| s.rows_of(t))),
@@ -292,7 +298,9 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
 /// The message setup of `send`: `--html` added to the template, `--attach` files checked,
 /// the `Attach:` directory (default: the template's directory; the current one for stdin).
 fn mime_options(
-    a: &SendArgs,
+    a: &MimeArgs,
+    template_is_stdin: bool,
+    template_path: &str,
     template: &mut Template,
     columns: &[String],
 ) -> Result<pipemail::message::ComposerOptions, Failure> {
@@ -322,8 +330,8 @@ fn mime_options(
     }
     let attach_dir = match &a.attach_dir {
         Some(d) => d.clone(),
-        None if a.template == "-" => std::path::PathBuf::from("."),
-        None => Path::new(&a.template)
+        None if template_is_stdin => std::path::PathBuf::from("."),
+        None => Path::new(template_path)
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| std::path::PathBuf::from("."), Path::to_path_buf),

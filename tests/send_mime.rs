@@ -122,7 +122,7 @@ fn html_attachments_cc_bcc_end_to_end_through_the_sink_maildir() {
         assert_eq!(r.status, Status::Sent, "{r:?}");
         assert!(
             r.response.ends_with(
-                "; extra recipients: cc@copies.example=250 2.1.5, hidden@audit.example=250 2.1.5"
+                "; extra recipients: cc@copies.example=250 2.0.0, hidden@audit.example=250 2.0.0"
             ),
             "{r:?}"
         );
