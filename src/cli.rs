@@ -153,6 +153,9 @@ pub(crate) struct SendArgs {
     #[arg(long, short = 'l', value_name = "FILE")]
     pub(crate) list: String,
     /// Message template (headers, blank line, body) with {{ column }} placeholders; `-` for stdin.
+    ///
+    /// Composed as MIME when needed (8-bit text, lines over 998 octets, which are encoded,
+    /// never refused; `Content-Type: text/markdown` or `text/html`; `Attach:`, `Cc:`, `Bcc:`).
     #[arg(long, short = 't', value_name = "FILE")]
     pub(crate) template: String,
     /// Envelope sender (default: the template's From address).

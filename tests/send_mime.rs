@@ -468,3 +468,48 @@ fn dry_run_output_writes_one_eml_per_row_and_never_overwrites() {
     expect_code(&run(c), 74);
     assert_eq!(fx.read("victim.txt"), "keep me");
 }
+
+/// The row's own address deferred and retried: a Cc the first attempt delivered is not
+/// sent again, and the final row still shows its outcome.
+#[test]
+fn a_retried_row_does_not_send_again_to_cc_that_already_got_it() {
+    let fx = Fx::new();
+    fx.write("list.csv", "email,name\nslow@x.example,Ann\n");
+    fx.write(
+        "t.eml",
+        "From: team@example.org\nTo: {{ email }}\nCc: cc@copies.example\nSubject: s\n\nHi {{ name }}\n",
+    );
+    let sink = sink_with(SinkConfig {
+        reject: rules(&["450:slow@*"]),
+        ..SinkConfig::default()
+    });
+    let mut c = send(&fx, &host_of(&sink));
+    c.args([
+        "--list",
+        "list.csv",
+        "--template",
+        "t.eml",
+        "--report",
+        "r.csv",
+    ])
+    .args(["--retries", "2"]);
+    let out = run(c);
+    expect_code(&out, 75);
+    let rows = read_report(&fx.path("r.csv"));
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(r.status, Status::Deferred, "{r:?}");
+    assert_eq!(r.attempts, 3, "{r:?}");
+    assert!(
+        r.response
+            .ends_with("; extra recipients: cc@copies.example=250 2.0.0"),
+        "{r:?}"
+    );
+    let stored = sink.messages();
+    assert_eq!(
+        stored.len(),
+        1,
+        "only the first attempt had a recipient to deliver to"
+    );
+    assert_eq!(stored[0].rcpts, ["cc@copies.example"]);
+}

@@ -154,6 +154,10 @@ pub(super) struct Ctx {
     pub(super) last_error: Mutex<Option<String>>,
     pub(super) counters: Arc<Counters>,
     pub(super) observer: Arc<dyn Observer>,
+    /// Extra envelope recipients (Cc/Bcc) decided for good (`sent`, `failed`, `unknown`) in
+    /// an attempt whose own address is retried, by row: the retry leaves them out, the
+    /// final report row shows their outcome.
+    pub(super) extras_done: Mutex<std::collections::HashMap<u64, Vec<(String, String)>>>,
 }
 
 /// Shared with the report thread (which must not hold the report sender).
@@ -255,6 +259,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         warned_lockstep: AtomicBool::new(false),
         any_session: AtomicBool::new(false),
         last_error: Mutex::new(None),
+        extras_done: Mutex::new(std::collections::HashMap::new()),
         counters: Arc::clone(&counters),
         observer: Arc::clone(&observer),
     });

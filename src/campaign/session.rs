@@ -29,8 +29,9 @@ struct InFlight {
     pending: usize,
     /// The row's own outcome, held until the extra recipients' are in.
     own: Option<RcptOutcome>,
-    /// `addr=code` of each extra envelope recipient decided so far.
-    extra: Vec<String>,
+    /// Each extra envelope recipient decided so far: address, decided for good (not
+    /// deferred), `addr=code`.
+    extra: Vec<(String, bool, String)>,
 }
 
 pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
@@ -161,7 +162,15 @@ fn render(
         .renderer
         .render_for(&job.row, smtputf8, eight_bit, OffsetDateTime::now_utc())
     {
-        Ok(r) => {
+        Ok(mut r) => {
+            if r.message.to.len() > 1
+                && let Some(done) = lock(&ctx.extras_done).get(&job.row.number)
+            {
+                let own = r.message.to[0].clone();
+                r.message
+                    .to
+                    .retain(|a| *a == own || !done.iter().any(|(d, _)| d.eq_ignore_ascii_case(a)));
+            }
             if r.sanitized && job.attempts == 0 {
                 let _ = ctx.report.send(ReportMsg::Sanitized);
             }
@@ -198,7 +207,9 @@ fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) 
     if o.index == 0 {
         f.own = Some(o);
     } else {
-        f.extra.push(super::render::extra_outcome(&o));
+        let done = !matches!(o.delivery, crate::engine::Delivery::Deferred);
+        f.extra
+            .push((o.address.clone(), done, super::render::extra_outcome(&o)));
     }
     if f.pending > 0 {
         return;
@@ -213,17 +224,31 @@ fn on_outcome(ctx: &Ctx, inflight: &mut HashMap<u64, InFlight>, o: RcptOutcome) 
     else {
         return;
     };
+    let row = job.row.number;
     let verdict = ctx
         .queue
         .lock()
         .handle_outcome(job, o.delivery, Instant::now());
     let v = match verdict {
         Handled::Retry(_) => {
+            // The retry goes to the row's address and the extras still undecided only.
+            let kept: Vec<(String, String)> = extra
+                .into_iter()
+                .filter(|(_, done, _)| *done)
+                .map(|(addr, _, text)| (addr, text))
+                .collect();
+            if !kept.is_empty() {
+                lock(&ctx.extras_done).entry(row).or_default().extend(kept);
+            }
             ctx.queue.notify.notify_waiters();
             return;
         }
         Handled::Final(v) => v,
     };
+    let mut extra: Vec<String> = extra.into_iter().map(|(_, _, text)| text).collect();
+    if let Some(earlier) = lock(&ctx.extras_done).remove(&row) {
+        extra.splice(0..0, earlier.into_iter().map(|(_, text)| text));
+    }
     if v.status == Status::Sent {
         ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
     }
