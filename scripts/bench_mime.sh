@@ -1,6 +1,7 @@
 #!/bin/sh
 # MIME composition cost of `pipemail send` (issue 12), measured from outside with GNU time:
-#   (a) text only, (b) HTML + text, (c) HTML + text + one shared 100 KiB --attach file,
+#   (a) text only (sent as rendered), (a') text only composed as MIME, (b) HTML + text,
+#   (b') HTML with the text derived from it, (c) HTML + text + one shared 100 KiB --attach file,
 #   (d) HTML + text + a per-row 20 KiB `Attach:` file (FILES distinct files, cycled),
 #   (e) as (d), every row its own file (no reuse possible).
 # Each case sends N rows to `pipemail sink` (discarding) on loopback, one connection, and
@@ -22,7 +23,10 @@ PORT=${PORT:-25825}
 T=$(mktemp -d /tmp/pipemail-bench-mime.XXXXXX)
 SINK_PID=
 cleanup() {
-    [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null
+    if [ -n "$SINK_PID" ]; then
+        kill "$SINK_PID" 2>/dev/null || true
+        wait "$SINK_PID" 2>/dev/null || true
+    fi
     rm -rf "$T"
 }
 trap cleanup EXIT INT TERM
@@ -63,15 +67,19 @@ run() {
     sent=$(grep -c ',sent,' "$T/r.csv" || true)
     [ "$sent" -eq "$N" ] || { echo "$name: $sent of $N sent" >&2; exit 1; }
     read -r wall user sys rss <"$T/time"
-    python3 -c "
+    NAME="$name" python3 -c "
+import os
 w,u,s,r,n=$wall,$user,$sys,$rss,$N
-print(f'| {\"$name\"} | {n} | {w:.2f} | {n/w:,.0f} | {(u+s)/n*1e6:.0f} | {r/1024:.0f} |')"
+print(f'| {os.environ[\"NAME\"]} | {n:,} | {w:.2f} | {n/w:,.0f} | {(u+s)/n*1e6:.0f} | {r/1024:.0f} |')"
     rm -f "$T/r.csv"
 }
 
+printf 'Content-Type: text/plain\n' >"$T/ct"
+cat "$T/ct" "$T/text.eml" >"$T/text-mime.eml"
 echo "| case | rows | wall s | msg/s | client CPU µs/msg | peak RSS MiB |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 run "(a) text only" --template "$T/text.eml"
+run "(a') text only, composed (Content-Type field)" --template "$T/text-mime.eml"
 run "(b) HTML + text" --template "$T/text.eml" --html "$T/news.html"
 run "(b') HTML, text derived" --template "$T/empty.eml" --html "$T/news.html"
 run "(c) (b) + shared 100 KiB --attach" --template "$T/text.eml" --html "$T/news.html" --attach "$T/shared.bin"
