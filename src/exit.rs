@@ -158,7 +158,7 @@ Exit codes (sysexits.h):
   66  an input file is missing or unreadable
   69  no SMTP session could be established and nothing was sent
   70  internal error (a bug; please report it)
-  74  the report (or a --dry-run --output file) could not be written
+  74  the report could not be written (or a --dry-run --output file)
   75  nothing delivered and every failure temporary: try again later";
 
 #[cfg(test)]

@@ -189,6 +189,15 @@ fn render(
         Err(why) => {
             let mut r = row_report(&job.row, Status::Failed, Some(Stage::Input), job.attempts);
             r.response = why;
+            if let Some(earlier) = lock(&ctx.extras_done).remove(&job.row.number) {
+                let texts: Vec<String> = earlier.into_iter().map(|(_, text)| text).collect();
+                r.response = format!(
+                    "{}; {}{}",
+                    r.response,
+                    super::render::EXTRA_PREFIX,
+                    texts.join(", ")
+                );
+            }
             ctx.send_report(&r);
             ctx.queue.finish();
             None
