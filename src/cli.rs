@@ -219,6 +219,9 @@ pub(crate) struct SendArgs {
     /// Message template (headers, blank line, body) with {{ column }} placeholders; `-` for stdin.
     /// Without it the list carries the message: `subject` and `body` (or `text`) columns, or a
     /// `template` column naming a template file per row.
+    ///
+    /// Composed as MIME when needed (8-bit text, lines over 998 octets, which are encoded,
+    /// never refused; `Content-Type: text/markdown` or `text/html`; `Attach:`, `Cc:`, `Bcc:`).
     #[arg(long, short = 't', value_name = "FILE")]
     pub(crate) template: Option<String>,
     /// Where a list's `template` column finds its files (default: the list's directory);
@@ -276,6 +279,31 @@ pub(crate) struct SendArgs {
     /// No progress bar and no summary line.
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
+    /// Message composition: HTML, attachments, --dry-run output.
+    #[command(flatten)]
+    pub(crate) mime: Box<MimeArgs>,
+}
+
+/// `send`'s message-composition flags (boxed in [`SendArgs`] to keep it small).
+#[derive(Debug, Args)]
+pub(crate) struct MimeArgs {
+    /// HTML template (same placeholders): sent with the text template as multipart/alternative.
+    ///
+    /// With an empty text body the text part is derived from the HTML. `cid:NAME` in the HTML,
+    /// NAME an attached file's name, makes that file an inline part (multipart/related).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) html: Option<PathBuf>,
+    /// Attach FILE to every message (read and encoded once); repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) attach: Vec<PathBuf>,
+    /// Directory the template's per-row `Attach: PATH` fields resolve under (default: the
+    /// template's directory). A path leaving it, missing or unreadable fails that row only.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) attach_dir: Option<PathBuf>,
+    /// With --dry-run: write each rendered message to DIR/<row>.eml (DIR must exist; an
+    /// existing file is an error, exit 74; symlinks are never followed).
+    #[arg(long, value_name = "DIR", requires = "dry_run")]
+    pub(crate) output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -325,6 +353,9 @@ pub(crate) struct SinkArgs {
     /// Advertise SMTPUTF8.
     #[arg(long)]
     pub(crate) smtputf8: bool,
+    /// Do not advertise 8BITMIME (and refuse BODY=8BITMIME), like a 7-bit-only server.
+    #[arg(long = "no-8bitmime")]
+    pub(crate) no_8bitmime: bool,
     /// Reject recipients matching a pattern: CODE:GLOB, e.g. 550:*@bad.example or 450:slow*; repeatable.
     #[arg(long, value_name = "CODE:GLOB")]
     pub(crate) reject: Vec<String>,

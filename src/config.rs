@@ -111,7 +111,7 @@ use std::path::Path;
 
 use std::path::PathBuf;
 
-use crate::cli::{FormatArg, SendArgs, ShardArg};
+use crate::cli::{FormatArg, MimeArgs, SendArgs, ShardArg};
 use crate::exit::for_input as input_exit;
 use pipemail::campaign::{Campaign, FromSource, RowTemplates, ScheduleConfig, Shard};
 use pipemail::input::{ListReader, scan_file};
@@ -206,8 +206,15 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         let m = list_message_plan(&a, list.headers())?;
         return finish_send_plan(a, conn, (list, list_total, known_duplicates), shard, m);
     };
-    let template = Template::parse(&template_src, &template_name, list.headers())
+    let mut template = Template::parse_for_mime(&template_src, &template_name, list.headers())
         .map_err(|e| fail(Exit::DataErr, e))?;
+    let mime = mime_options(
+        &a.mime,
+        template_name == "<stdin>",
+        &template_name,
+        &mut template,
+        list.headers(),
+    )?;
     let from = match (&a.from, template.from_address()) {
         (Some(f), _) => {
             engine::check_address(f)
@@ -234,6 +241,7 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         template,
         from,
         row_templates: None,
+        mime: Some(mime),
     };
     finish_send_plan(a, conn, (list, list_total, known_duplicates), shard, m)
 }
@@ -293,6 +301,8 @@ fn finish_send_plan(
     campaign.shard = shard;
     campaign.known_duplicates = known_duplicates;
     campaign.handle_ctrl_c = true;
+    campaign.mime = m.mime;
+    campaign.dry_run_output = a.mime.output.clone();
     Ok(SendPlan {
         campaign,
         list_total: list_total.map(|t| shard.map_or(t, |s| s.rows_of(t))),
@@ -307,6 +317,9 @@ struct MessagePlan {
     template: Template,
     from: FromSource,
     row_templates: Option<RowTemplates>,
+    /// MIME composition (`--html`, `--attach`, `Attach:`/`Cc:`/`Bcc:`); `None` sends the
+    /// rendering as it is (a list that carries its message).
+    mime: Option<pipemail::message::ComposerOptions>,
 }
 
 /// `--resume`: the earlier run's state; read-only for `--dry-run`, which writes nothing.
@@ -456,6 +469,7 @@ fn list_message_plan(a: &SendArgs, headers: &[String]) -> Result<MessagePlan, Fa
         template,
         from,
         row_templates,
+        mime: None,
     })
 }
 
@@ -558,6 +572,53 @@ fn load_row_template(base: &Path, name: &str, headers: &[String]) -> Result<Temp
     }
     let src = std::fs::read(&full).map_err(|e| format!("template {name:?}: {e}"))?;
     Template::parse(&src, name, headers).map_err(|e| e.to_string())
+}
+/// The message setup of `send`: `--html` added to the template, `--attach` files checked,
+/// the `Attach:` directory (default: the template's directory; the current one for stdin).
+fn mime_options(
+    a: &MimeArgs,
+    template_is_stdin: bool,
+    template_path: &str,
+    template: &mut Template,
+    columns: &[String],
+) -> Result<pipemail::message::ComposerOptions, Failure> {
+    if let Some(path) = &a.html {
+        let src = std::fs::read(path)
+            .with_context(|| format!("cannot read the HTML template {}", path.display()))
+            .map_err(|e| fail(Exit::NoInput, e))?;
+        template
+            .add_html(&src, &path.display().to_string(), columns)
+            .map_err(|e| fail(Exit::DataErr, e))?;
+    }
+    for path in &a.attach {
+        if !path.exists() {
+            return Err(fail(
+                Exit::NoInput,
+                anyhow!("--attach {}: no such file", path.display()),
+            ));
+        }
+    }
+    if let Some(dir) = &a.output
+        && !dir.is_dir()
+    {
+        return Err(fail(
+            Exit::NoInput,
+            anyhow!("--output {}: not a directory", dir.display()),
+        ));
+    }
+    let attach_dir = match &a.attach_dir {
+        Some(d) => d.clone(),
+        None if template_is_stdin => PathBuf::from("."),
+        None => Path::new(template_path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
+    Ok(pipemail::message::ComposerOptions {
+        attach: a.attach.clone(),
+        attach_dir,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

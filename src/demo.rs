@@ -93,6 +93,7 @@ pub(crate) fn sink(a: &SinkArgs) -> Result<Exit, Failure> {
         chunking: !a.no_chunking,
         size: Some(a.max_size),
         smtputf8: a.smtputf8,
+        eight_bit_mime: !a.no_8bitmime,
         latency: a.latency,
         maildir: a.maildir.clone(),
         reject,

@@ -96,6 +96,9 @@ pub(crate) fn for_campaign(e: &CampaignError) -> Exit {
         | CampaignError::CarryRemove(_) => Exit::IoErr,
         CampaignError::Start { .. } | CampaignError::Internal(_) => Exit::Software,
         CampaignError::Batch(_) => Exit::Usage,
+        CampaignError::Compose(e) if e.is_missing() => Exit::NoInput,
+        CampaignError::Compose(_) => Exit::DataErr,
+        CampaignError::EmlWrite { .. } => Exit::IoErr,
     }
 }
 
@@ -156,8 +159,8 @@ Exit codes (sysexits.h):
   66  an input file is missing or unreadable
   69  no SMTP session could be established and nothing was sent
   70  internal error (a bug; please report it)
-  74  the report could not be written (a symlink planted at it or a side file, or
-      a journal left by a killed run that --resume has not read)
+  74  the report could not be written (a symlink planted at it or a side file, a
+      journal left by a killed run that --resume has not read, or a --dry-run --output file)
   75  nothing delivered and every failure temporary: try again later";
 
 #[cfg(test)]

@@ -90,6 +90,12 @@ pub struct Campaign {
     /// Handle Ctrl-C: first stop taking messages and drain, second abort
     /// ([`Observer::interrupted`], [`Observer::aborted`]).
     pub handle_ctrl_c: bool,
+    /// Compose each message as MIME ([`crate::message::Composer`]): HTML and Markdown
+    /// alternatives, `--attach` files and `Attach:` fields, `Cc:`/`Bcc:` in the envelope.
+    /// `None` (the default): the template is sent as rendered.
+    pub mime: Option<crate::message::ComposerOptions>,
+    /// `--dry-run --output DIR`: write each rendered message to `DIR/<row>.eml`.
+    pub dry_run_output: Option<std::path::PathBuf>,
     stopper: Stopper,
 }
 
@@ -111,6 +117,8 @@ impl Campaign {
             row_templates: None,
             known_duplicates: None,
             handle_ctrl_c: false,
+            mime: None,
+            dry_run_output: None,
             stopper: Stopper::default(),
         }
     }
@@ -132,8 +140,12 @@ impl Campaign {
     /// each row that would fail.
     pub fn dry_run(mut self, mut on: impl FnMut(DryRunEvent<'_>)) -> Result<DryRun, CampaignError> {
         let headers = self.list.headers().to_vec();
-        let renderer =
-            Renderer::new(self.template, headers, self.from).with_row_templates(self.row_templates);
+        let renderer = match &self.mime {
+            Some(opts) => Renderer::with_mime(self.template, headers, self.from, opts)
+                .map_err(CampaignError::Compose)?,
+            None => Renderer::new(self.template, headers, self.from),
+        }
+        .with_row_templates(self.row_templates);
         let mut filter = JobFilter::new(
             self.shard,
             self.allow_duplicates,
@@ -179,6 +191,14 @@ impl Campaign {
                     counts.sanitized += u64::from(r.sanitized);
                     if counts.ok == 1 {
                         on(DryRunEvent::First(&r.data));
+                    }
+                    if let Some(dir) = &self.dry_run_output {
+                        crate::message::write_eml(dir, number, &r.data).map_err(|source| {
+                            CampaignError::EmlWrite {
+                                path: dir.join(format!("{number}.eml")),
+                                source,
+                            }
+                        })?;
                     }
                 }
                 Err(text) => {
@@ -429,6 +449,20 @@ pub enum CampaignError {
     /// `--batch-recipients` above 1 with a template that uses the row ([`batch_obstacle`]).
     #[error("{0}")]
     Batch(String),
+    /// The message composer could not be set up (a `--attach` file or the attachment
+    /// directory is unusable); nothing was sent.
+    #[error(transparent)]
+    Compose(crate::message::SetupError),
+    /// `--dry-run --output`: a message file could not be written (it exists, or the
+    /// directory is not writable). Nothing is overwritten.
+    #[error("cannot write {}: {source}", path.display())]
+    EmlWrite {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A bug: a thread panicked or an invariant broke.
     #[error("internal: {0}")]
     Internal(&'static str),

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 
 use crate::engine::Message;
 use crate::input::Row;
+use crate::message::{ComposeOptions, Composer, ComposerOptions, SetupError};
 use crate::template::{RenderOptions, Template, from_address_of};
 
 /// Why `template` cannot go to several recipients per transaction (`--batch-recipients`),
@@ -81,12 +82,28 @@ impl RowTemplates {
 /// Renders rows of one list with one template (or one per row, see [`RowTemplates`]).
 #[derive(Debug)]
 pub struct Renderer {
-    template: Template,
+    source: Source,
     headers: Vec<String>,
     from: FromSource,
     message_id_domain: Option<String>,
     row_templates: Option<RowTemplates>,
 }
+
+/// What a [`Renderer`] renders with.
+#[derive(Debug)]
+enum Source {
+    /// The template, sent as rendered.
+    Plain(Template),
+    /// The template composed as MIME.
+    Mime(Composer),
+    /// A template that needs nothing of MIME (no HTML part, attachment, `Cc`, `Bcc` or
+    /// `Content-Type`): a row whose rendering is ASCII with no line over 998 octets is sent
+    /// as rendered, byte for byte; any other row is composed.
+    Auto(Composer),
+}
+
+/// Template fields that only composition handles.
+const MIME_FIELDS: [&str; 4] = ["attach", "cc", "bcc", "content-type"];
 
 impl Renderer {
     /// `headers` are the list's column names.
@@ -96,7 +113,7 @@ impl Renderer {
             FromSource::PerRow => None,
         };
         Self {
-            template,
+            source: Source::Plain(template),
             headers,
             from,
             message_id_domain,
@@ -113,9 +130,111 @@ impl Renderer {
     /// The template for `row`.
     fn template_for(&self, row: &Row) -> Result<&Template, String> {
         match &self.row_templates {
-            None => Ok(&self.template),
-            Some(rt) => Ok(rt.pick(row)?.unwrap_or(&self.template)),
+            None => Ok(self.template()),
+            Some(rt) => Ok(rt.pick(row)?.unwrap_or(self.template())),
         }
+    }
+
+    /// Like [`Renderer::new`], but each row's message is composed as MIME by a
+    /// [`Composer`] (HTML and Markdown alternatives, attachments, `Cc:`/`Bcc:` in the
+    /// envelope). Reads and encodes the `--attach` files once, here. A template that needs
+    /// nothing of MIME (no HTML part, attachment, `Cc`, `Bcc` or `Content-Type`) still sends
+    /// each row as rendered when that is ASCII with no line over 998 octets, and composes the
+    /// others (8-bit text, long lines).
+    pub fn with_mime(
+        template: Template,
+        headers: Vec<String>,
+        from: FromSource,
+        opts: &ComposerOptions,
+    ) -> Result<Self, SetupError> {
+        let message_id_domain = match &from {
+            FromSource::Fixed(f) => f.rsplit_once('@').map(|(_, d)| d.to_string()),
+            FromSource::PerRow => None,
+        };
+        Ok(Self {
+            source: {
+                let plain_enough = !template.has_html()
+                    && opts.attach.is_empty()
+                    && !template
+                        .header_names()
+                        .iter()
+                        .any(|h| MIME_FIELDS.iter().any(|m| h.eq_ignore_ascii_case(m)));
+                let composer = Composer::new(template, opts)?;
+                if plain_enough {
+                    Source::Auto(composer)
+                } else {
+                    Source::Mime(composer)
+                }
+            },
+            headers,
+            from,
+            message_id_domain,
+            row_templates: None,
+        })
+    }
+
+    /// The template (the composer's, with [`Renderer::with_mime`]).
+    pub fn template(&self) -> &Template {
+        match &self.source {
+            Source::Plain(t) => t,
+            Source::Mime(c) | Source::Auto(c) => c.template(),
+        }
+    }
+
+    /// The row's message for a server with (or without) SMTPUTF8 and 8BITMIME; `Err(why)`
+    /// fails the row at stage `input`. Without a composer, as [`Renderer::render`].
+    /// Composed messages carry the template's `Cc:` and `Bcc:` addresses as envelope
+    /// recipients after the row's own (`message.to[1..]`).
+    pub fn render_for(
+        &self,
+        row: &Row,
+        smtputf8: bool,
+        eight_bit_mime: bool,
+        now: OffsetDateTime,
+    ) -> Result<Rendered, String> {
+        // A row whose template the list's `template` column chose is sent as rendered.
+        if let Some(rt) = &self.row_templates
+            && rt.pick(row)?.is_some()
+        {
+            return self.render(row, smtputf8, now);
+        }
+        let composer = match &self.source {
+            Source::Plain(_) => return self.render(row, smtputf8, now),
+            Source::Auto(c) => match self.render(row, smtputf8, now) {
+                Ok(r) if r.message.data.is_ascii() => return Ok(r),
+                _ => c,
+            },
+            Source::Mime(c) => c,
+        };
+        let opts = ComposeOptions {
+            render: RenderOptions {
+                smtputf8,
+                now,
+                message_id_domain: self.message_id_domain.clone(),
+            },
+            eight_bit_mime,
+        };
+        let c = composer
+            .compose(row, &self.headers, &opts)
+            .map_err(|e| e.to_string())?;
+        let from = match &self.from {
+            FromSource::Fixed(f) => f.clone(),
+            FromSource::PerRow => from_address_of(&c.data)
+                .ok_or("the rendered message has no From address (use --from)")?,
+        };
+        let mut to = Vec::with_capacity(1 + c.extra_recipients.len());
+        to.push(row.email.clone());
+        to.extend(c.extra_recipients);
+        Ok(Rendered {
+            message: Message {
+                id: row.number,
+                from,
+                to,
+                data: c.data,
+            },
+            message_id: c.message_id,
+            sanitized: c.sanitized,
+        })
     }
 
     /// The row's message; `Err(why)` fails the row at stage `input`.
@@ -159,7 +278,8 @@ impl Renderer {
         })
     }
 
-    /// `--dry-run`'s rendering: as for a server without SMTPUTF8, default Message-ID domain.
+    /// `--dry-run`'s rendering: as for a server without SMTPUTF8 (and, composed, without
+    /// 8BITMIME), default Message-ID domain.
     pub fn preview(
         &self,
         row: &Row,
@@ -170,8 +290,52 @@ impl Renderer {
             now,
             message_id_domain: None,
         };
+        let per_row = match &self.row_templates {
+            Some(rt) => rt.pick(row)?.is_some(),
+            None => false,
+        };
+        let composer = match &self.source {
+            _ if per_row => None,
+            Source::Plain(_) => None,
+            Source::Auto(c) => match self.template().render(row, &self.headers, &opts) {
+                Ok(r) if r.data.is_ascii() => return Ok(r),
+                _ => Some(c),
+            },
+            Source::Mime(c) => Some(c),
+        };
+        if let Some(composer) = composer {
+            let opts = ComposeOptions {
+                render: opts,
+                eight_bit_mime: false,
+            };
+            return composer
+                .compose(row, &self.headers, &opts)
+                .map(|c| crate::template::Rendered {
+                    data: c.data,
+                    message_id: c.message_id,
+                    sanitized: c.sanitized,
+                })
+                .map_err(|e| e.to_string());
+        }
         self.template_for(row)?
             .render(row, &self.headers, &opts)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// What precedes the extra envelope recipients' outcomes in a row's `response`:
+/// `…; extra recipients: cc@example.net=250, bcc@example.org=550 5.1.1`.
+pub const EXTRA_PREFIX: &str = "extra recipients: ";
+
+/// One extra envelope recipient's outcome as the report shows it: `ADDR=CODE`, with the
+/// enhanced code when the server sent one; `ADDR=-` when there was no reply (local decision
+/// or dropped session).
+pub fn extra_outcome(o: &crate::engine::RcptOutcome) -> String {
+    match &o.reply {
+        Some(r) => match r.enhanced {
+            Some(e) => format!("{}={} {e}", o.address, r.code),
+            None => format!("{}={}", o.address, r.code),
+        },
+        None => format!("{}=-", o.address),
     }
 }

@@ -174,6 +174,10 @@ pub(super) struct Ctx {
     pub(super) level: HostLevel,
     /// The stage of the last session or connection error (`tls`, `auth`, `connect`).
     pub(super) last_stage: Mutex<Stage>,
+    /// Extra envelope recipients (Cc/Bcc) decided for good (`sent`, `failed`, `unknown`) in
+    /// an attempt whose own address is retried, by row: the retry leaves them out, the
+    /// final report row shows their outcome.
+    pub(super) extras_done: Mutex<std::collections::HashMap<u64, Vec<(String, String)>>>,
 }
 
 /// Shared with the report thread (which must not hold the report sender).
@@ -267,6 +271,12 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         return Err(CampaignError::Batch(why));
     }
     let headers = c.list.headers().to_vec();
+    // The composer reads the --attach files before anything is created or connected.
+    let renderer = match &c.mime {
+        Some(opts) => Renderer::with_mime(c.template, headers, c.from, opts)
+            .map_err(CampaignError::Compose)?,
+        None => Renderer::new(c.template, headers, c.from),
+    };
     let (writer, journal) = match &c.report {
         Some((path, format)) => {
             let w = ReportWriter::create(path, *format).map_err(|source| {
@@ -302,7 +312,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
     let level = HostLevel::new(c.connect.target.clone(), c.connect.session.pipelining_level);
     let ctx = Arc::new(Ctx {
         connect: c.connect,
-        renderer: Renderer::new(c.template, headers, c.from).with_row_templates(c.row_templates),
+        renderer: renderer.with_row_templates(c.row_templates),
         queue: Arc::clone(&queue),
         report: report_tx,
         journal: journal.map(Mutex::new),
@@ -312,6 +322,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         warned_lockstep: AtomicBool::new(false),
         any_session: AtomicBool::new(false),
         last_error: Mutex::new(None),
+        extras_done: Mutex::new(std::collections::HashMap::new()),
         counters: Arc::clone(&counters),
         observer: Arc::clone(&observer),
         level,

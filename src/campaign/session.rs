@@ -33,12 +33,20 @@ pub(super) struct SessionEnd {
 struct InFlight {
     jobs: Vec<Option<Job>>,
     message_id: String,
-    /// Outcomes still to come.
+    /// Outcomes still to come (rows' addresses and the `Cc:`/`Bcc:` envelope recipients).
     left: usize,
     /// A recipient of this transaction got past RCPT (its outcome was decided later).
     accepted_any: bool,
     /// Rows refused "too many recipients", decided once every outcome is in.
     too_many: Vec<(Job, RcptOutcome)>,
+    /// Envelope recipients past the rows' own (`Cc:`/`Bcc:`): their outcomes are appended
+    /// to the row's response, so the row's own outcome waits for them.
+    extras: usize,
+    /// The row's own outcome, held until the extra recipients' are in.
+    own: Option<(Job, RcptOutcome)>,
+    /// Each extra envelope recipient decided so far: address, decided for good (not
+    /// deferred), `addr=code`.
+    extra: Vec<(String, bool, String)>,
 }
 
 pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
@@ -137,8 +145,10 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                     tokio::time::sleep_until(not_before.into()).await;
                 }
                 messages += 1;
-                let smtputf8 = conn.session_ref().capabilities().has(Extensions::SMTPUTF8);
-                if let Some(msg) = render(ctx, smtputf8, job, &mut inflight) {
+                let caps = conn.session_ref().capabilities();
+                let smtputf8 = caps.has(Extensions::SMTPUTF8);
+                let eight_bit = caps.has(Extensions::EIGHT_BIT_MIME);
+                if let Some(msg) = render(ctx, (smtputf8, eight_bit), job, &mut inflight) {
                     conn.session().send(msg);
                 }
             }
@@ -198,15 +208,23 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
 /// Renders a job into a message, or reports the row failed at stage `input`.
 fn render(
     ctx: &Ctx,
-    smtputf8: bool,
+    (smtputf8, eight_bit): (bool, bool),
     job: Job,
     inflight: &mut HashMap<u64, InFlight>,
 ) -> Option<crate::engine::Message> {
     match ctx
         .renderer
-        .render(&job.row, smtputf8, OffsetDateTime::now_utc())
+        .render_for(&job.row, smtputf8, eight_bit, OffsetDateTime::now_utc())
     {
-        Ok(r) => {
+        Ok(mut r) => {
+            if r.message.to.len() > 1
+                && let Some(done) = lock(&ctx.extras_done).get(&job.row.number)
+            {
+                let own = r.message.to[0].clone();
+                r.message
+                    .to
+                    .retain(|a| *a == own || !done.iter().any(|(d, _)| d.eq_ignore_ascii_case(a)));
+            }
             if r.sanitized && job.attempts == 0 {
                 let _ = ctx.report.send(ReportMsg::Sanitized);
             }
@@ -215,9 +233,12 @@ fn render(
                 InFlight {
                     jobs: vec![Some(job)],
                     message_id: r.message_id,
-                    left: 1,
+                    left: r.message.to.len(),
                     accepted_any: false,
                     too_many: Vec::new(),
+                    extras: r.message.to.len() - 1,
+                    own: None,
+                    extra: Vec::new(),
                 },
             );
             Some(r.message)
@@ -225,6 +246,15 @@ fn render(
         Err(why) => {
             let mut r = row_report(&job.row, Status::Failed, Some(Stage::Input), job.attempts);
             r.response = why;
+            if let Some(earlier) = lock(&ctx.extras_done).remove(&job.row.number) {
+                let texts: Vec<String> = earlier.into_iter().map(|(_, text)| text).collect();
+                r.response = format!(
+                    "{}; {}{}",
+                    r.response,
+                    super::render::EXTRA_PREFIX,
+                    texts.join(", ")
+                );
+            }
             ctx.send_report(&r);
             ctx.queue.finish();
             None
@@ -261,6 +291,9 @@ fn render_batch(
                     message_id: r.message_id,
                     accepted_any: false,
                     too_many: Vec::new(),
+                    extras: 0,
+                    own: None,
+                    extra: Vec::new(),
                 },
             );
             Some(r.message)
@@ -296,25 +329,41 @@ fn on_outcome(
     let Some(f) = inflight.get_mut(&o.message) else {
         return;
     };
-    let Some(job) = f.jobs.get_mut(o.index).and_then(Option::take) else {
-        return;
-    };
     let id = o.message;
     f.left = f.left.saturating_sub(1);
-    f.accepted_any |= matches!(o.stage, EngineStage::Data | EngineStage::Body);
-    let batched = f.jobs.len() > 1;
-    if batched && too_many_recipients(&o) {
-        f.too_many.push((job, o));
-    } else {
-        let message_id = f.message_id.clone();
-        finish_job(ctx, job, &o, message_id);
+    if o.index >= f.jobs.len() {
+        // A Cc/Bcc envelope recipient: one report row per message, the row's own address
+        // decides it; these outcomes are appended to its response text.
+        let done = !matches!(o.delivery, crate::engine::Delivery::Deferred);
+        f.extra
+            .push((o.address.clone(), done, super::render::extra_outcome(&o)));
+    } else if let Some(job) = f.jobs.get_mut(o.index).and_then(Option::take) {
+        f.accepted_any |= matches!(o.stage, EngineStage::Data | EngineStage::Body);
+        let batched = f.jobs.len() > 1;
+        if batched && too_many_recipients(&o) {
+            f.too_many.push((job, o));
+        } else if f.extras > 0 {
+            f.own = Some((job, o));
+        } else {
+            let message_id = f.message_id.clone();
+            finish_job(ctx, job, &o, message_id, Vec::new());
+        }
     }
     if f.left > 0 {
         return;
     }
-    let Some(f) = inflight.remove(&id) else {
+    let Some(mut f) = inflight.remove(&id) else {
         return;
     };
+    if let Some((job, o)) = f.own.take() {
+        finish_job(
+            ctx,
+            job,
+            &o,
+            f.message_id.clone(),
+            std::mem::take(&mut f.extra),
+        );
+    }
     if f.too_many.is_empty() {
         return;
     }
@@ -333,24 +382,44 @@ fn on_outcome(
         ctx.queue.notify.notify_waiters();
     } else {
         for (job, o) in f.too_many {
-            finish_job(ctx, job, &o, f.message_id.clone());
+            finish_job(ctx, job, &o, f.message_id.clone(), Vec::new());
         }
     }
 }
 
 /// One job's outcome: retried, or reported now.
-fn finish_job(ctx: &Ctx, job: Job, o: &RcptOutcome, message_id: String) {
+fn finish_job(
+    ctx: &Ctx,
+    job: Job,
+    o: &RcptOutcome,
+    message_id: String,
+    extra: Vec<(String, bool, String)>,
+) {
+    let row = job.row.number;
     let verdict = ctx
         .queue
         .lock()
         .handle_outcome(job, o.delivery, Instant::now());
     let v = match verdict {
         Handled::Retry(_) => {
+            // The retry goes to the row's address and the extras still undecided only.
+            let kept: Vec<(String, String)> = extra
+                .into_iter()
+                .filter(|(_, done, _)| *done)
+                .map(|(addr, _, text)| (addr, text))
+                .collect();
+            if !kept.is_empty() {
+                lock(&ctx.extras_done).entry(row).or_default().extend(kept);
+            }
             ctx.queue.notify.notify_waiters();
             return;
         }
         Handled::Final(v) => v,
     };
+    let mut extra: Vec<String> = extra.into_iter().map(|(_, _, text)| text).collect();
+    if let Some(earlier) = lock(&ctx.extras_done).remove(&row) {
+        extra.splice(0..0, earlier.into_iter().map(|(_, text)| text));
+    }
     if v.status == Status::Sent {
         ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
     }
@@ -366,6 +435,14 @@ fn finish_job(ctx: &Ctx, job: Job, o: &RcptOutcome, message_id: String) {
     } else {
         o.text()
     };
+    if !extra.is_empty() {
+        r.response = format!(
+            "{}; {}{}",
+            r.response,
+            super::render::EXTRA_PREFIX,
+            extra.join(", ")
+        );
+    }
     r.message_id = message_id;
     ctx.queue_report(&r);
     ctx.queue.notify.notify_waiters();

@@ -26,6 +26,8 @@ pub struct SinkConfig {
     /// Advertise SMTPUTF8 (default false). Without it a `SMTPUTF8` MAIL parameter is refused
     /// (555), and a non-ASCII address is refused (553) unless MAIL carried `SMTPUTF8`.
     pub smtputf8: bool,
+    /// Advertise 8BITMIME (default true). Without it `BODY=8BITMIME` is refused (555).
+    pub eight_bit_mime: bool,
     /// Emulated network round-trip time (default zero: no emulation, no timers).
     pub latency: Duration,
     /// Maildir to store each accepted message in (created with `tmp/`, `new/`, `cur/` if
@@ -67,6 +69,7 @@ impl Default for SinkConfig {
             chunking: true,
             size: Some(35_882_577),
             smtputf8: false,
+            eight_bit_mime: true,
             latency: Duration::ZERO,
             maildir: None,
             keep_in_memory: false,
@@ -90,6 +93,7 @@ impl fmt::Debug for SinkConfig {
             .field("chunking", &self.chunking)
             .field("size", &self.size)
             .field("smtputf8", &self.smtputf8)
+            .field("eight_bit_mime", &self.eight_bit_mime)
             .field("latency", &self.latency)
             .field("maildir", &self.maildir)
             .field("keep_in_memory", &self.keep_in_memory)

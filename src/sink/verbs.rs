@@ -86,7 +86,9 @@ impl Server {
         if let Some(size) = cfg.size {
             lines.push(format!("SIZE {size}"));
         }
-        lines.push("8BITMIME".into());
+        if cfg.eight_bit_mime {
+            lines.push("8BITMIME".into());
+        }
         lines.push("ENHANCEDSTATUSCODES".into());
         if cfg.chunking {
             lines.push("CHUNKING".into());
@@ -143,7 +145,8 @@ impl Server {
                     Err(_) => return self.reply("501 5.5.4 Bad SIZE parameter"),
                 },
                 ("BODY", Some(v))
-                    if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") => {}
+                    if v.eq_ignore_ascii_case("7BIT")
+                        || (v.eq_ignore_ascii_case("8BITMIME") && self.cfg.eight_bit_mime) => {}
                 ("SMTPUTF8", None) if self.cfg.smtputf8 => smtputf8 = true,
                 _ => {
                     let text = format!("555 5.5.4 Unsupported option: {param}");
