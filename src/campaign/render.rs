@@ -77,6 +77,7 @@ impl Renderer {
         };
         Ok(Rendered {
             message: Message {
+                dsn: None,
                 id: row.number,
                 from,
                 to: vec![row.email.clone()],
