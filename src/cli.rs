@@ -155,7 +155,8 @@ pub(crate) struct SendArgs {
     /// Message template (headers, blank line, body) with {{ column }} placeholders; `-` for stdin.
     #[arg(long, short = 't', value_name = "FILE")]
     pub(crate) template: String,
-    /// Envelope sender (default: the template's From address).
+    /// Envelope sender (default: the template's From address); may hold placeholders,
+    /// e.g. 'bounces+{{ row }}@example.org' (VERP).
     #[arg(long, value_name = "ADDR")]
     pub(crate) from: Option<String>,
     /// Write the report here; `-` for stdout (default: no report file, summary only).
@@ -197,6 +198,43 @@ pub(crate) struct SendArgs {
     /// No progress bar and no summary line.
     #[arg(long, short = 'q')]
     pub(crate) quiet: bool,
+    /// Deliverability: DKIM, unsubscribe, suppression, DSN.
+    #[command(flatten)]
+    pub(crate) deliver: Box<DeliverArgs>,
+}
+
+/// `send`'s deliverability flags (README "Deliverability").
+#[derive(Debug, Args)]
+pub(crate) struct DeliverArgs {
+    /// DKIM private key (PEM, RSA or Ed25519), read once; repeat with --dkim-selector (and
+    /// --dkim-domain) to sign twice, e.g. RSA and Ed25519.
+    #[arg(long, value_name = "FILE", requires = "dkim_selector")]
+    pub(crate) dkim_key: Vec<PathBuf>,
+    /// DKIM selector (s=) of the --dkim-key in the same position.
+    #[arg(long, value_name = "NAME", requires = "dkim_key")]
+    pub(crate) dkim_selector: Vec<String>,
+    /// DKIM signing domain (d=) of the --dkim-key in the same position (default: the From domain).
+    #[arg(long, value_name = "DOMAIN", requires = "dkim_key")]
+    pub(crate) dkim_domain: Vec<String>,
+    /// One-click unsubscribe URL (https), a template per row, e.g.
+    /// 'https://example.com/u?e={{ email|urlencode }}': adds List-Unsubscribe and List-Unsubscribe-Post.
+    #[arg(long, value_name = "URL")]
+    pub(crate) unsubscribe: Option<String>,
+    /// Unsubscribe address added to List-Unsubscribe as a mailto: URI.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) unsubscribe_mailto: Option<String>,
+    /// Suppression list (addresses, or @domain, one a line): matching rows are skipped (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) suppress: Vec<PathBuf>,
+    /// After the run, append the addresses that failed permanently (5.1.x, 5.2.1) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) suppress_add: Option<PathBuf>,
+    /// DSN NOTIFY= on each RCPT when the server offers DSN: never, or a comma list of success,failure,delay.
+    #[arg(long, value_name = "WHEN")]
+    pub(crate) dsn_notify: Option<String>,
+    /// DSN RET= (full or hdrs) and a per-row ENVID= on MAIL when the server offers DSN.
+    #[arg(long, value_name = "WHAT")]
+    pub(crate) dsn_ret: Option<String>,
 }
 
 #[derive(Debug, Args)]

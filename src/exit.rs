@@ -95,6 +95,7 @@ pub(crate) fn for_campaign(e: &CampaignError) -> Exit {
         | CampaignError::JournalRemove(_)
         | CampaignError::CarryRemove(_) => Exit::IoErr,
         CampaignError::Start { .. } | CampaignError::Internal(_) => Exit::Software,
+        CampaignError::SuppressAdd(e) => Exit::from_sysexits(i32::from(e.exit_code())),
     }
 }
 

@@ -53,6 +53,7 @@ pub struct JobFilter {
     dups: Option<DuplicateFilter>,
     resume: Option<ResumeState>,
     skip_unknown: bool,
+    suppression: Option<std::sync::Arc<crate::deliver::suppress::Suppression>>,
 }
 
 impl JobFilter {
@@ -69,7 +70,18 @@ impl JobFilter {
             dups: (!allow_duplicates).then(DuplicateFilter::new),
             resume,
             skip_unknown,
+            suppression: None,
         }
+    }
+
+    /// `--suppress`: rows whose address (or domain) is listed are `skipped` with response
+    /// `suppressed`, after the duplicate check.
+    pub fn with_suppression(
+        mut self,
+        suppression: Option<std::sync::Arc<crate::deliver::suppress::Suppression>>,
+    ) -> Self {
+        self.suppression = suppression;
+        self
     }
 
     /// Decides one row.
@@ -87,6 +99,15 @@ impl JobFilter {
         {
             let mut r = row_report(&row, Status::Skipped, None, 0);
             r.response = format!("duplicate of row {first}");
+            return Decision::Report(r);
+        }
+        if self
+            .suppression
+            .as_ref()
+            .is_some_and(|s| s.contains(&row.email))
+        {
+            let mut r = row_report(&row, Status::Skipped, None, 0);
+            r.response = "suppressed".into();
             return Decision::Report(r);
         }
         if let Some(state) = &self.resume {
@@ -201,6 +222,33 @@ mod tests {
                 "failed invalid address",
                 "skipped duplicate of row 1",
                 "send 7"
+            ]
+        );
+    }
+
+    #[test]
+    fn suppressed_addresses_and_domains_are_skipped() {
+        let mut s = crate::deliver::suppress::Suppression::new();
+        s.insert("b@example.net");
+        s.insert("@blocked.example");
+        let mut f =
+            JobFilter::new(None, false, None, false).with_suppression(Some(std::sync::Arc::new(s)));
+        let got: Vec<String> = [
+            row(1, "a@example.net"),
+            row(2, "B@Example.net"),
+            row(3, "x@blocked.example"),
+            row(4, "a@example.net"),
+        ]
+        .into_iter()
+        .map(|r| kind(&f.decide(r)))
+        .collect();
+        assert_eq!(
+            got,
+            [
+                "send 1",
+                "skipped suppressed",
+                "skipped suppressed",
+                "skipped duplicate of row 1"
             ]
         );
     }

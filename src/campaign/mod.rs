@@ -38,6 +38,7 @@ pub mod render;
 mod runner;
 pub mod schedule;
 mod session;
+pub mod sign;
 
 use std::io::Read;
 use std::time::Duration;
@@ -82,6 +83,12 @@ pub struct Campaign {
     /// Handle Ctrl-C: first stop taking messages and drain, second abort
     /// ([`Observer::interrupted`], [`Observer::aborted`]).
     pub handle_ctrl_c: bool,
+    /// DKIM, unsubscribe headers, DSN and a per-row envelope sender, added after rendering.
+    pub deliverability: sign::Deliverability,
+    /// Suppressed addresses and domains: their rows are `skipped` (`suppressed`).
+    pub suppression: Option<std::sync::Arc<crate::deliver::suppress::Suppression>>,
+    /// Where the addresses that failed permanently (5.1.x, 5.2.1) are appended after the run.
+    pub suppress_add: Option<crate::deliver::suppress::SuppressAppender>,
     stopper: Stopper,
 }
 
@@ -101,6 +108,9 @@ impl Campaign {
             allow_duplicates: false,
             shard: None,
             handle_ctrl_c: false,
+            deliverability: sign::Deliverability::default(),
+            suppression: None,
+            suppress_add: None,
             stopper: Stopper::default(),
         }
     }
@@ -121,8 +131,10 @@ impl Campaign {
     /// message and each row that would fail.
     pub fn dry_run(mut self, mut on: impl FnMut(DryRunEvent<'_>)) -> Result<DryRun, CampaignError> {
         let headers = self.list.headers().to_vec();
-        let renderer = Renderer::new(self.template, headers, self.from);
-        let mut filter = JobFilter::new(self.shard, self.allow_duplicates, None, false);
+        let mut renderer = Renderer::new(self.template, headers, self.from);
+        renderer.set_deliverability(self.deliverability);
+        let mut filter = JobFilter::new(self.shard, self.allow_duplicates, None, false)
+            .with_suppression(self.suppression);
         let mut counts = DryRun::default();
         while let Some(item) = self.list.next_row() {
             let row = item.map_err(CampaignError::List)?;
@@ -386,6 +398,9 @@ pub enum CampaignError {
         /// Why.
         source: std::io::Error,
     },
+    /// `--suppress-add`: the suppression file could not be appended to.
+    #[error(transparent)]
+    SuppressAdd(crate::deliver::suppress::SuppressError),
     /// A bug: a thread panicked or an invariant broke.
     #[error("internal: {0}")]
     Internal(&'static str),

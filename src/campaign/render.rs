@@ -37,6 +37,8 @@ pub struct Renderer {
     headers: Vec<String>,
     from: FromSource,
     message_id_domain: Option<String>,
+    /// Applied last, to the final bytes: unsubscribe, DSN, VERP sender, DKIM.
+    deliver: super::sign::Deliverability,
 }
 
 impl Renderer {
@@ -51,7 +53,13 @@ impl Renderer {
             headers,
             from,
             message_id_domain,
+            deliver: super::sign::Deliverability::default(),
         }
+    }
+
+    /// Sets what [`super::sign::Deliverability::finish`] adds to every rendered message.
+    pub fn set_deliverability(&mut self, deliver: super::sign::Deliverability) {
+        self.deliver = deliver;
     }
 
     /// The row's message; `Err(why)` fails the row at stage `input`.
@@ -75,17 +83,28 @@ impl Renderer {
             FromSource::PerRow => from_address_of(&rendered.data)
                 .ok_or("the rendered message has no From address (use --from)")?,
         };
+        let mut message = Message {
+            dsn: None,
+            id: row.number,
+            from,
+            to: vec![row.email.clone()],
+            data: rendered.data,
+        };
+        self.finish(row, &mut message)?;
         Ok(Rendered {
-            message: Message {
-                dsn: None,
-                id: row.number,
-                from,
-                to: vec![row.email.clone()],
-                data: rendered.data,
-            },
+            message,
             message_id: rendered.message_id,
             sanitized: rendered.sanitized,
         })
+    }
+
+    /// The last step of rendering, on the final bytes (after any MIME composition): see
+    /// [`super::sign::Deliverability::finish`]. Nothing may change the message afterwards.
+    fn finish(&self, row: &Row, message: &mut Message) -> Result<(), String> {
+        if self.deliver.is_empty() {
+            return Ok(());
+        }
+        self.deliver.finish(row, &self.headers, message)
     }
 
     /// `--dry-run`'s rendering: as for a server without SMTPUTF8, default Message-ID domain.

@@ -154,6 +154,8 @@ pub(super) struct Ctx {
     pub(super) last_error: Mutex<Option<String>>,
     pub(super) counters: Arc<Counters>,
     pub(super) observer: Arc<dyn Observer>,
+    /// `--suppress-add`: addresses that failed permanently (5.1.x, 5.2.1), when collected.
+    pub(super) permanent: Option<Mutex<Vec<String>>>,
 }
 
 /// Shared with the report thread (which must not hold the report sender).
@@ -182,6 +184,17 @@ impl Ctx {
         };
         if failed {
             self.queue.stop();
+        }
+        if let Some(p) = &self.permanent
+            && row.status == Status::Failed
+            && row.smtp_code.is_some_and(|c| {
+                crate::deliver::suppress::is_permanent_recipient_failure(
+                    c,
+                    row.enhanced_code.as_deref(),
+                )
+            })
+        {
+            lock(p).push(row.email.clone());
         }
         let _ = self.report.send(ReportMsg::Row(row.status));
     }
@@ -239,7 +252,11 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
     let stopper = c.stopper.clone();
     let ctx = Arc::new(Ctx {
         connect: c.connect,
-        renderer: Renderer::new(c.template, headers, c.from),
+        renderer: {
+            let mut r = Renderer::new(c.template, headers, c.from);
+            r.set_deliverability(c.deliverability);
+            r
+        },
         queue: Arc::clone(&queue),
         report: report_tx,
         journal: journal.map(Mutex::new),
@@ -251,6 +268,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         last_error: Mutex::new(None),
         counters: Arc::clone(&counters),
         observer: Arc::clone(&observer),
+        permanent: c.suppress_add.is_some().then(|| Mutex::new(Vec::new())),
     });
 
     // Report thread: the counts and the observer. It holds no report sender, so it ends
@@ -268,7 +286,8 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
 
     // List thread.
     let pctx = Arc::clone(&ctx);
-    let filter = JobFilter::new(c.shard, c.allow_duplicates, c.resume, c.skip_unknown);
+    let filter = JobFilter::new(c.shard, c.allow_duplicates, c.resume, c.skip_unknown)
+        .with_suppression(c.suppression);
     let list = c.list;
     let producer = std::thread::Builder::new()
         .name("list".into())
@@ -335,6 +354,12 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
     drop(ctx.report);
+    if let (Some(mut appender), Some(p)) = (c.suppress_add, ctx.permanent) {
+        let addrs = p.into_inner().unwrap_or_else(PoisonError::into_inner);
+        for a in addrs {
+            appender.append(&a).map_err(CampaignError::SuppressAdd)?;
+        }
+    }
     let (tally, sanitized, fatal) = report_thread
         .join()
         .map_err(|_| CampaignError::Internal("report thread panicked"))?;
