@@ -284,6 +284,9 @@ pub(crate) struct SinkArgs {
     /// Advertise SMTPUTF8.
     #[arg(long)]
     pub(crate) smtputf8: bool,
+    /// Advertise DSN (RFC 3461) and accept its MAIL and RCPT parameters.
+    #[arg(long)]
+    pub(crate) dsn: bool,
     /// Reject recipients matching a pattern: CODE:GLOB, e.g. 550:*@bad.example or 450:slow*; repeatable.
     #[arg(long, value_name = "CODE:GLOB")]
     pub(crate) reject: Vec<String>,

@@ -76,6 +76,7 @@ pub(crate) fn sink(a: &SinkArgs) -> Result<Exit, Failure> {
         chunking: !a.no_chunking,
         size: Some(a.max_size),
         smtputf8: a.smtputf8,
+        dsn: a.dsn,
         latency: a.latency,
         maildir: a.maildir.clone(),
         reject,

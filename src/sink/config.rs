@@ -48,6 +48,9 @@ pub struct SinkConfig {
     /// What to do with commands pipelined behind the end of a message (default: accept them,
     /// as RFC 2920 allows). See [`AfterDot`].
     pub after_dot: AfterDot,
+    /// Advertise DSN (RFC 3461) and accept `RET`/`ENVID` on MAIL and `NOTIFY`/`ORCPT` on RCPT
+    /// (default false: those parameters are refused with 555, as without the extension).
+    pub dsn: bool,
 }
 
 impl Default for SinkConfig {
@@ -67,6 +70,7 @@ impl Default for SinkConfig {
             allow_plain_auth: false,
             faults: None,
             after_dot: AfterDot::Accept,
+            dsn: false,
         }
     }
 }
@@ -91,6 +95,7 @@ impl fmt::Debug for SinkConfig {
             .field("allow_plain_auth", &self.allow_plain_auth)
             .field("faults", &self.faults)
             .field("after_dot", &self.after_dot)
+            .field("dsn", &self.dsn)
             .finish()
     }
 }
