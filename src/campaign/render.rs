@@ -98,6 +98,11 @@ impl Renderer {
         })
     }
 
+    /// Does rendering sign (DKIM)? Then a pool renders ahead of the sessions.
+    pub fn signs(&self) -> bool {
+        !self.deliver.signers.is_empty()
+    }
+
     /// The last step of rendering, on the final bytes (after any MIME composition): see
     /// [`super::sign::Deliverability::finish`]. Nothing may change the message afterwards.
     fn finish(&self, row: &Row, message: &mut Message) -> Result<(), String> {

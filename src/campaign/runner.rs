@@ -467,7 +467,12 @@ fn tally(
     (t, sanitized, fatal)
 }
 
-fn produce(mut list: List, mut filter: JobFilter, ctx: &Ctx) -> Option<ResumeState> {
+fn produce(mut list: List, mut filter: JobFilter, ctx: &Arc<Ctx>) -> Option<ResumeState> {
+    // DKIM: rows are rendered and signed by a pool on every core before they are queued.
+    let pool = ctx
+        .renderer
+        .signs()
+        .then(|| super::sign::SignPool::start(Arc::clone(ctx)));
     while let Some(item) = list.next_row() {
         let row = match item {
             Ok(r) => r,
@@ -479,17 +484,26 @@ fn produce(mut list: List, mut filter: JobFilter, ctx: &Ctx) -> Option<ResumeSta
         match filter.decide(row) {
             Decision::OtherShard => {}
             Decision::Report(r) => ctx.send_report(&r),
-            Decision::Send(job) => {
-                if let Err(job) = ctx.queue.push(job) {
-                    let mut r = row_report(&job.row, Status::Deferred, Some(Stage::Connect), 0);
-                    r.response = "not sent: the run was stopped".into();
-                    ctx.send_report(&r);
-                }
-            }
+            Decision::Send(job) => match &pool {
+                Some(p) => p.submit(job),
+                None => queue_job(ctx, job),
+            },
         }
+    }
+    if let Some(p) = pool {
+        p.finish();
     }
     ctx.queue.producer_done();
     filter.into_resume()
+}
+
+/// Queues a job for the sessions, or reports it deferred when the run was stopped.
+pub(super) fn queue_job(ctx: &Ctx, job: Job) {
+    if let Err(job) = ctx.queue.push(job) {
+        let mut r = row_report(&job.row, Status::Deferred, Some(Stage::Connect), 0);
+        r.response = "not sent: the run was stopped".into();
+        ctx.send_report(&r);
+    }
 }
 
 /// One connection slot: opens sessions until the work is done or it gives up.

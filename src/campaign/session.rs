@@ -149,10 +149,13 @@ fn render(
     job: Job,
     inflight: &mut HashMap<u64, InFlight>,
 ) -> Option<crate::engine::Message> {
-    match ctx
-        .renderer
-        .render(&job.row, smtputf8, OffsetDateTime::now_utc())
-    {
+    let rendered = match &job.prepared {
+        Some(p) => Ok(p.to_rendered()),
+        None => ctx
+            .renderer
+            .render(&job.row, smtputf8, OffsetDateTime::now_utc()),
+    };
+    match rendered {
         Ok(r) => {
             if r.sanitized && job.attempts == 0 {
                 let _ = ctx.report.send(ReportMsg::Sanitized);

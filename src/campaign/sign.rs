@@ -9,6 +9,8 @@
 //! that (dot-stuffing and BDAT framing are transport and not covered by the signature).
 
 use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use minijinja::{Environment, UndefinedBehavior};
 
@@ -17,6 +19,12 @@ use crate::deliver::dsn::{Notify, Ret, envid, mail_params, rcpt_params};
 use crate::deliver::unsubscribe::unsubscribe_headers;
 use crate::engine::{DsnParams, Message, check_address};
 use crate::input::Row;
+use crate::report::{Stage, Status};
+
+use super::jobs::row_report;
+use super::render::Rendered;
+use super::runner::{Ctx, queue_job};
+use super::schedule::Job;
 
 /// Why a small per-row template (`--from`, `--unsubscribe`) was refused.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +195,111 @@ impl Deliverability {
             msg.data.splice(0..0, sig);
         }
         Ok(())
+    }
+}
+
+/// A message rendered and signed ahead of the sessions (see [`SignPool`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Prepared {
+    message: Message,
+    message_id: String,
+    sanitized: bool,
+}
+
+impl Prepared {
+    /// A copy for one attempt (the signed bytes are never changed).
+    pub(super) fn to_rendered(&self) -> Rendered {
+        Rendered {
+            message: self.message.clone(),
+            message_id: self.message_id.clone(),
+            sanitized: self.sanitized,
+        }
+    }
+}
+
+/// Jobs waiting for a signing thread, per thread.
+const POOL_BACKLOG: usize = 64;
+
+/// Renders and signs jobs on one thread per core, between the list thread and the schedule,
+/// so the connection tasks only copy finished messages and pipelining never waits on RSA.
+/// Messages are rendered as for a server without SMTPUTF8 (header text RFC 2047-encoded),
+/// since the session that will send them is not known yet; the same signed bytes go out on
+/// every attempt.
+pub(super) struct SignPool {
+    ctx: Arc<Ctx>,
+    tx: SyncSender<Job>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl SignPool {
+    pub(super) fn start(ctx: Arc<Ctx>) -> Self {
+        let n = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let (tx, rx) = sync_channel::<Job>(POOL_BACKLOG * n);
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let (ctx, rx) = (Arc::clone(&ctx), Arc::clone(&rx));
+            let spawned = std::thread::Builder::new()
+                .name(format!("sign-{i}"))
+                .spawn(move || {
+                    while let Ok(job) = next_job(&rx) {
+                        prepare(&ctx, job);
+                    }
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                // Fewer threads (none: the list thread signs, see `submit`).
+                Err(_) => break,
+            }
+        }
+        Self { ctx, tx, threads }
+    }
+
+    /// Hands a job to the pool (blocks while the pool is busy).
+    pub(super) fn submit(&self, job: Job) {
+        if self.threads.is_empty() {
+            return prepare(&self.ctx, job);
+        }
+        if let Err(e) = self.tx.send(job) {
+            prepare(&self.ctx, e.0);
+        }
+    }
+
+    /// Waits until every submitted job is queued or reported.
+    pub(super) fn finish(self) {
+        drop(self.tx);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn next_job(rx: &Mutex<Receiver<Job>>) -> Result<Job, std::sync::mpsc::RecvError> {
+    rx.lock().unwrap_or_else(PoisonError::into_inner).recv()
+}
+
+/// Renders and signs one job, then queues it (or reports it failed at stage `input`).
+fn prepare(ctx: &Ctx, mut job: Job) {
+    if ctx.stopped() {
+        return queue_job(ctx, job);
+    }
+    match ctx
+        .renderer
+        .render(&job.row, false, time::OffsetDateTime::now_utc())
+    {
+        Ok(r) => {
+            job.prepared = Some(Arc::new(Prepared {
+                message: r.message,
+                message_id: r.message_id,
+                sanitized: r.sanitized,
+            }));
+            queue_job(ctx, job);
+        }
+        Err(why) => {
+            let mut r = row_report(&job.row, Status::Failed, Some(Stage::Input), 0);
+            r.response = why;
+            ctx.send_report(&r);
+        }
     }
 }
 
