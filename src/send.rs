@@ -65,6 +65,14 @@ impl Observer for Terminal {
         }
     }
 
+    fn no_dsn(&self, target: &Target) {
+        if !self.quiet {
+            eprintln!(
+                "pipemail: warning: {target} does not advertise DSN: sending without --dsn-notify/--dsn-ret parameters"
+            );
+        }
+    }
+
     fn interrupted(&self) {
         eprintln!(
             "\npipemail: interrupted: finishing messages in flight, reporting the rest as deferred (Ctrl-C again to abort)"

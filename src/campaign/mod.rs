@@ -342,6 +342,8 @@ pub trait Observer: Send + Sync {
     fn exchange(&self, _x: &Exchange) {}
     /// The server does not offer PIPELINING and the policy is `Auto`: once per run.
     fn lockstep(&self, _target: &Target) {}
+    /// DSN parameters were asked for and the server does not offer DSN: once per run.
+    fn no_dsn(&self, _target: &Target) {}
     /// First Ctrl-C: messages in flight finish, the rest is reported `deferred`.
     fn interrupted(&self) {}
     /// Second Ctrl-C (the caller usually exits the process).

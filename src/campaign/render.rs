@@ -98,6 +98,11 @@ impl Renderer {
         })
     }
 
+    /// Are DSN parameters asked for?
+    pub fn wants_dsn(&self) -> bool {
+        self.deliver.dsn.is_some()
+    }
+
     /// Does rendering sign (DKIM)? Then a pool renders ahead of the sessions.
     pub fn signs(&self) -> bool {
         !self.deliver.signers.is_empty()

@@ -156,6 +156,8 @@ pub(super) struct Ctx {
     pub(super) observer: Arc<dyn Observer>,
     /// `--suppress-add`: addresses that failed permanently (5.1.x, 5.2.1), when collected.
     pub(super) permanent: Option<Mutex<Vec<String>>>,
+    /// Set once the missing DSN extension was announced.
+    pub(super) warned_no_dsn: AtomicBool,
 }
 
 /// Shared with the report thread (which must not hold the report sender).
@@ -269,6 +271,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         counters: Arc::clone(&counters),
         observer: Arc::clone(&observer),
         permanent: c.suppress_add.is_some().then(|| Mutex::new(Vec::new())),
+        warned_no_dsn: AtomicBool::new(false),
     });
 
     // Report thread: the counts and the observer. It holds no report sender, so it ends

@@ -47,6 +47,12 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                     {
                         ctx.observer.lockstep(&ctx.connect.target);
                     }
+                    if ctx.renderer.wants_dsn()
+                        && !conn.session_ref().capabilities().has(Extensions::DSN)
+                        && !ctx.warned_no_dsn.swap(true, Ordering::SeqCst)
+                    {
+                        ctx.observer.no_dsn(&ctx.connect.target);
+                    }
                 }
                 Event::Exchange(x) => ctx.observer.exchange(&x),
                 Event::Recipient(o) => on_outcome(ctx, &mut inflight, o),

@@ -178,7 +178,9 @@ fn dsn_parameters_are_sent_only_to_a_server_offering_dsn() {
                     .all(|l| l.contains(" RET=HDRS ENVID=")),
                 "{mails:?}"
             );
+            assert!(!out.stderr.contains("does not advertise DSN"), "{out}");
         } else {
+            assert!(out.stderr.contains("does not advertise DSN"), "{out}");
             assert!(
                 mails.iter().all(|l| !l.contains("NOTIFY=")
                     && !l.contains("RET=")
