@@ -31,6 +31,8 @@ pub(crate) enum Command {
     LatencyProxy(ProxyArgs),
     /// Match bounce messages (DSNs) to a report's rows and write the report with them `bounced`.
     Bounces(BouncesArgs),
+    /// Print the DNS TXT record that publishes a DKIM key (`SELECTOR._domainkey.DOMAIN`).
+    DkimRecord(DkimRecordArgs),
     /// Print shell completions.
     Completions {
         /// Shell to complete for.
@@ -41,6 +43,20 @@ pub(crate) enum Command {
     /// Read finished reports: summary, merge shards, HTML page.
     #[command(subcommand)]
     Report(ReportCommand),
+}
+
+/// Flags of `pipemail dkim-record`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DkimRecordArgs {
+    /// The private key given to `send --dkim-key` (PEM, RSA or Ed25519); never printed.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+    /// The selector given to `send --dkim-selector`.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) selector: String,
+    /// The signing domain (default: a placeholder `DOMAIN` to replace with your From domain).
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) domain: Option<String>,
 }
 
 /// Flags of `pipemail bounces`.

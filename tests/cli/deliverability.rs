@@ -233,3 +233,27 @@ fn a_templated_from_gives_each_row_its_own_envelope_sender() {
         "{rows:?}"
     );
 }
+
+#[test]
+fn dkim_record_prints_the_txt_record_of_a_key() {
+    let fx = Fx::new();
+    let pem = openssl::pkey::PKey::generate_ed25519()
+        .expect("key")
+        .private_key_to_pem_pkcs8()
+        .expect("pem");
+    fx.write("ed.pem", &pem);
+    let mut c = fx.cmd();
+    c.args(["dkim-record", "--key", "ed.pem", "--selector", "s1"])
+        .args(["--domain", "example.org"]);
+    let out = run(c);
+    expect_code(&out, 0);
+    let line = out.stdout_text();
+    assert!(
+        line.starts_with("s1._domainkey.example.org. IN TXT ( \"v=DKIM1; k=ed25519; p="),
+        "{out}"
+    );
+    assert!(!line.contains("PRIVATE"), "{out}");
+    let mut c = fx.cmd();
+    c.args(["dkim-record", "--key", "nope.pem", "--selector", "s1"]);
+    expect_code(&run(c), 66);
+}
