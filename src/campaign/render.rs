@@ -128,8 +128,22 @@ impl Renderer {
             now,
             message_id_domain: None,
         };
-        self.template
+        let mut rendered = self
+            .template
             .render(row, &self.headers, &opts)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if !self.deliver.is_empty() {
+            // The same last step as a real run: unsubscribe fields, sender check, signature.
+            let mut message = Message {
+                dsn: None,
+                id: row.number,
+                from: String::new(),
+                to: vec![row.email.clone()],
+                data: std::mem::take(&mut rendered.data),
+            };
+            self.finish(row, &mut message)?;
+            rendered.data = message.data;
+        }
+        Ok(rendered)
     }
 }

@@ -257,3 +257,29 @@ fn dkim_record_prints_the_txt_record_of_a_key() {
     c.args(["dkim-record", "--key", "nope.pem", "--selector", "s1"]);
     expect_code(&run(c), 66);
 }
+
+#[test]
+fn dry_run_shows_the_finished_first_message() {
+    let fx = fixture();
+    let pem = openssl::pkey::PKey::generate_ed25519()
+        .expect("key")
+        .private_key_to_pem_pkcs8()
+        .expect("pem");
+    fx.write("ed.pem", &pem);
+    let mut c = fx.cmd();
+    c.args(["send", "--host", "127.0.0.1:9", "--dry-run"])
+        .args(["--list", "list.csv", "--template", "t.eml"])
+        .args(["--unsubscribe", "https://x.example/u/{{ row }}"])
+        .args(["--dkim-key", "ed.pem", "--dkim-selector", "s1"]);
+    let out = run(c);
+    expect_code(&out, 0);
+    let first = out.stdout_text();
+    assert!(
+        first.starts_with("DKIM-Signature: v=1; a=ed25519-sha256;"),
+        "{out}"
+    );
+    assert!(
+        first.contains("List-Unsubscribe: <https://x.example/u/1>"),
+        "{out}"
+    );
+}
