@@ -198,7 +198,7 @@ impl Deliverability {
     }
 }
 
-/// A message rendered and signed ahead of the sessions (see [`SignPool`]).
+/// A message rendered and signed ahead of the sessions by the signing pool (DKIM runs).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Prepared {
     message: Message,
