@@ -57,6 +57,7 @@ fn template() -> Vec<u8> {
 
 fn message(id: u64, data: &[u8]) -> Message {
     Message {
+        dsn: None,
         id,
         from: "news@example.org".to_string(),
         to: vec![format!("user{id}@example.net")],

@@ -31,6 +31,8 @@ pub(crate) enum Command {
     LatencyProxy(ProxyArgs),
     /// Match bounce messages (DSNs) to a report's rows and write the report with them `bounced`.
     Bounces(BouncesArgs),
+    /// Print the DNS TXT record that publishes a DKIM key (`SELECTOR._domainkey.DOMAIN`).
+    DkimRecord(DkimRecordArgs),
     /// Print shell completions.
     Completions {
         /// Shell to complete for.
@@ -66,6 +68,20 @@ pub(crate) struct ConfigShowArgs {
     /// `send` flags to layer on top, after `--` (e.g. `-- --host mx.example`).
     #[arg(last = true, value_name = "FLAGS")]
     pub(crate) flags: Vec<String>,
+}
+
+/// Flags of `pipemail dkim-record`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DkimRecordArgs {
+    /// The private key given to `send --dkim-key` (PEM, RSA or Ed25519); never printed.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: PathBuf,
+    /// The selector given to `send --dkim-selector`.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) selector: String,
+    /// The signing domain (default: a placeholder `DOMAIN` to replace with your From domain).
+    #[arg(long, value_name = "DOMAIN")]
+    pub(crate) domain: Option<String>,
 }
 
 /// Flags of `pipemail bounces`.
@@ -228,7 +244,8 @@ pub(crate) struct SendArgs {
     /// a name never leaves this directory.
     #[arg(long, value_name = "DIR")]
     pub(crate) template_dir: Option<PathBuf>,
-    /// Envelope sender (default: the template's From address).
+    /// Envelope sender (default: the template's From address); may hold placeholders,
+    /// e.g. 'bounces+{{ row }}@example.org' (VERP).
     #[arg(long, value_name = "ADDR")]
     pub(crate) from: Option<String>,
     /// Write the report here; `-` for stdout (default: no report file, summary only).
@@ -282,6 +299,9 @@ pub(crate) struct SendArgs {
     /// Message composition: HTML, attachments, --dry-run output.
     #[command(flatten)]
     pub(crate) mime: Box<MimeArgs>,
+    /// Deliverability: DKIM, unsubscribe, suppression, DSN.
+    #[command(flatten)]
+    pub(crate) deliver: Box<DeliverArgs>,
 }
 
 /// `send`'s message-composition flags (boxed in [`SendArgs`] to keep it small).
@@ -304,6 +324,40 @@ pub(crate) struct MimeArgs {
     /// existing file is an error, exit 74; symlinks are never followed).
     #[arg(long, value_name = "DIR", requires = "dry_run")]
     pub(crate) output: Option<PathBuf>,
+}
+
+/// `send`'s deliverability flags (README "Deliverability").
+#[derive(Debug, Args)]
+pub(crate) struct DeliverArgs {
+    /// DKIM private key (PEM, RSA or Ed25519), read once; repeat with --dkim-selector (and
+    /// --dkim-domain) to sign twice, e.g. RSA and Ed25519.
+    #[arg(long, value_name = "FILE", requires = "dkim_selector")]
+    pub(crate) dkim_key: Vec<PathBuf>,
+    /// DKIM selector (s=) of the --dkim-key in the same position.
+    #[arg(long, value_name = "NAME", requires = "dkim_key")]
+    pub(crate) dkim_selector: Vec<String>,
+    /// DKIM signing domain (d=) of the --dkim-key in the same position (default: the From domain).
+    #[arg(long, value_name = "DOMAIN", requires = "dkim_key")]
+    pub(crate) dkim_domain: Vec<String>,
+    /// One-click unsubscribe URL (https), a template per row, e.g.
+    /// 'https://example.com/u?e={{ email|urlencode }}': adds List-Unsubscribe and List-Unsubscribe-Post.
+    #[arg(long, value_name = "URL")]
+    pub(crate) unsubscribe: Option<String>,
+    /// Unsubscribe address added to List-Unsubscribe as a mailto: URI.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) unsubscribe_mailto: Option<String>,
+    /// Suppression list (addresses, or @domain, one a line): matching rows are skipped (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) suppress: Vec<PathBuf>,
+    /// After the run, append the addresses that failed permanently (5.1.x, 5.2.1) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) suppress_add: Option<PathBuf>,
+    /// DSN NOTIFY= on each RCPT when the server offers DSN: never, or a comma list of success,failure,delay.
+    #[arg(long, value_name = "WHEN")]
+    pub(crate) dsn_notify: Option<String>,
+    /// DSN RET= (full or hdrs) and a per-row ENVID= on MAIL when the server offers DSN.
+    #[arg(long, value_name = "WHAT")]
+    pub(crate) dsn_ret: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -356,6 +410,9 @@ pub(crate) struct SinkArgs {
     /// Do not advertise 8BITMIME (and refuse BODY=8BITMIME), like a 7-bit-only server.
     #[arg(long = "no-8bitmime")]
     pub(crate) no_8bitmime: bool,
+    /// Advertise DSN (RFC 3461) and accept its MAIL and RCPT parameters.
+    #[arg(long)]
+    pub(crate) dsn: bool,
     /// Reject recipients matching a pattern: CODE:GLOB, e.g. 550:*@bad.example or 450:slow*; repeatable.
     #[arg(long, value_name = "CODE:GLOB")]
     pub(crate) reject: Vec<String>,

@@ -111,8 +111,9 @@ use std::path::Path;
 
 use std::path::PathBuf;
 
-use crate::cli::{FormatArg, MimeArgs, SendArgs, ShardArg};
+use crate::cli::{DeliverArgs, FormatArg, MimeArgs, SendArgs, ShardArg};
 use crate::exit::for_input as input_exit;
+use pipemail::campaign::sign::{Deliverability, DsnSettings, RowTemplate};
 use pipemail::campaign::{Campaign, FromSource, RowTemplates, ScheduleConfig, Shard};
 use pipemail::input::{ListReader, scan_file};
 use pipemail::report::{Format, ResumeState};
@@ -216,6 +217,7 @@ pub(crate) fn send_plan(a: SendArgs) -> Result<SendPlan, Failure> {
         list.headers(),
     )?;
     let from = match (&a.from, template.from_address()) {
+        (Some(f), _) if RowTemplate::is_templated(f) => FromSource::Fixed(f.clone()),
         (Some(f), _) => {
             engine::check_address(f)
                 .map_err(|e| fail(Exit::Usage, anyhow!("--from {f:?}: {e}")))?;
@@ -283,6 +285,7 @@ fn finish_send_plan(
         (path.clone(), format)
     });
     let resume = load_resume(a.resume.as_deref(), a.dry_run)?;
+    let deliver = deliverability(&a.deliver, a.from.as_deref(), a.dry_run, list.headers())?;
     let mut campaign = Campaign::new(conn.connect, list, m.template, m.from);
     campaign.row_templates = m.row_templates;
     campaign.report = report;
@@ -303,6 +306,9 @@ fn finish_send_plan(
     campaign.handle_ctrl_c = true;
     campaign.mime = m.mime;
     campaign.dry_run_output = a.mime.output.clone();
+    campaign.deliverability = deliver.deliverability;
+    campaign.suppression = deliver.suppression;
+    campaign.suppress_add = deliver.suppress_add;
     Ok(SendPlan {
         campaign,
         list_total: list_total.map(|t| shard.map_or(t, |s| s.rows_of(t))),
@@ -618,6 +624,105 @@ fn mime_options(
         attach: a.attach.clone(),
         attach_dir,
         ..Default::default()
+    })
+}
+/// The deliverability part of a `send` plan.
+struct DeliverPlan {
+    deliverability: Deliverability,
+    suppression: Option<std::sync::Arc<pipemail::deliver::suppress::Suppression>>,
+    suppress_add: Option<pipemail::deliver::suppress::SuppressAppender>,
+}
+
+/// DKIM keys, unsubscribe, suppression and DSN flags: keys and lists are read once, here.
+fn deliverability(
+    a: &DeliverArgs,
+    from: Option<&str>,
+    dry_run: bool,
+    columns: &[String],
+) -> Result<DeliverPlan, Failure> {
+    use pipemail::deliver::dkim::{DkimKey, DkimSigner};
+    use pipemail::deliver::suppress::{SuppressAppender, Suppression};
+    let lib = |code: u8, e: anyhow::Error| fail(Exit::from_sysexits(i32::from(code)), e);
+    let mut d = Deliverability::default();
+    if a.dkim_selector.len() != a.dkim_key.len()
+        || !(a.dkim_domain.is_empty() || a.dkim_domain.len() == a.dkim_key.len())
+    {
+        return Err(fail(
+            Exit::Usage,
+            anyhow!(
+                "give one --dkim-selector per --dkim-key (and either no --dkim-domain or one per key)"
+            ),
+        ));
+    }
+    for (i, (path, selector)) in a.dkim_key.iter().zip(&a.dkim_selector).enumerate() {
+        let loaded = DkimKey::from_file(path).map_err(|e| lib(e.exit_code(), e.into()))?;
+        if let Some(w) = &loaded.warning {
+            eprintln!("pipemail: warning: {w}");
+        }
+        let domain = a.dkim_domain.get(i).map(String::as_str);
+        let signer = DkimSigner::new(loaded.key, selector, domain)
+            .map_err(|e| lib(e.exit_code(), e.into()))?;
+        d.signers.push(signer);
+    }
+    if let Some(u) = &a.unsubscribe {
+        let t =
+            RowTemplate::parse("--unsubscribe", u, columns).map_err(|e| fail(Exit::Usage, e))?;
+        if !RowTemplate::is_templated(u) {
+            pipemail::deliver::unsubscribe::unsubscribe_headers(u, a.unsubscribe_mailto.as_deref())
+                .map_err(|e| fail(Exit::Usage, e))?;
+        }
+        d.unsubscribe_url = Some(t);
+    }
+    if let Some(m) = &a.unsubscribe_mailto {
+        pipemail::deliver::unsubscribe::unsubscribe_headers("https://example.com/", Some(m))
+            .map_err(|e| fail(Exit::Usage, e))?;
+        d.unsubscribe_mailto = Some(m.clone());
+    }
+    if let Some(f) = from.filter(|f| RowTemplate::is_templated(f)) {
+        d.envelope_from =
+            Some(RowTemplate::parse("--from", f, columns).map_err(|e| fail(Exit::Usage, e))?);
+    }
+    if a.dsn_notify.is_some() || a.dsn_ret.is_some() {
+        let notify = a
+            .dsn_notify
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: pipemail::deliver::dsn::DsnError| fail(Exit::Usage, e))?;
+        let ret = a
+            .dsn_ret
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: pipemail::deliver::dsn::DsnError| fail(Exit::Usage, e))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs());
+        d.dsn = Some(DsnSettings {
+            notify,
+            ret,
+            campaign: pipemail::deliver::dsn::campaign_id(now, std::process::id()),
+        });
+    }
+    let suppression = if a.suppress.is_empty() {
+        None
+    } else {
+        let mut s = Suppression::new();
+        for p in &a.suppress {
+            s.load(p).map_err(|e| lib(e.exit_code(), e.into()))?;
+        }
+        Some(std::sync::Arc::new(s))
+    };
+    let suppress_add = match &a.suppress_add {
+        Some(p) if !dry_run => {
+            Some(SuppressAppender::open(p).map_err(|e| lib(e.exit_code(), e.into()))?)
+        }
+        _ => None,
+    };
+    Ok(DeliverPlan {
+        deliverability: d,
+        suppression,
+        suppress_add,
     })
 }
 

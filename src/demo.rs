@@ -94,6 +94,7 @@ pub(crate) fn sink(a: &SinkArgs) -> Result<Exit, Failure> {
         size: Some(a.max_size),
         smtputf8: a.smtputf8,
         eight_bit_mime: !a.no_8bitmime,
+        dsn: a.dsn,
         latency: a.latency,
         maildir: a.maildir.clone(),
         reject,

@@ -99,6 +99,7 @@ pub(crate) fn for_campaign(e: &CampaignError) -> Exit {
         CampaignError::Compose(e) if e.is_missing() => Exit::NoInput,
         CampaignError::Compose(_) => Exit::DataErr,
         CampaignError::EmlWrite { .. } => Exit::IoErr,
+        CampaignError::SuppressAdd(e) => Exit::from_sysexits(i32::from(e.exit_code())),
     }
 }
 

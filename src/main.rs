@@ -94,6 +94,7 @@ fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::Demo(a) => demo::run(&a),
         Command::LatencyProxy(a) => demo::proxy(&a),
         Command::Bounces(a) => bounces(a),
+        Command::DkimRecord(a) => dkim_record(&a),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -129,6 +130,34 @@ fn report_failure(e: pipemail::review::ReviewError) -> Result<Exit, Failure> {
         return Ok(Exit::Ok);
     }
     Err(fail(Exit::from_sysexits(e.exit_code().into()), e))
+}
+
+/// `pipemail dkim-record`: the zone-file line publishing the public half of a DKIM key.
+fn dkim_record(a: &cli::DkimRecordArgs) -> Result<Exit, Failure> {
+    use pipemail::deliver::dkim::{DkimKey, DkimSigner};
+    let lib = |e: pipemail::deliver::dkim::DkimError| {
+        Failure::new(Exit::from_sysexits(e.exit_code().into()), e)
+    };
+    let loaded = DkimKey::from_file(&a.key).map_err(lib)?;
+    if let Some(w) = &loaded.warning {
+        eprintln!("pipemail: warning: {w}");
+    }
+    // The signer checks the selector and domain spelling.
+    let signer = DkimSigner::new(loaded.key, &a.selector, a.domain.as_deref()).map_err(lib)?;
+    let record = signer.key().dns_record().map_err(lib)?;
+    let domain = a.domain.as_deref().unwrap_or("DOMAIN");
+    // TXT strings are at most 255 octets each (RFC 1035 §3.3.14): split long RSA keys.
+    let parts: Vec<String> = record
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+        .collect();
+    println!(
+        "{}._domainkey.{domain}. IN TXT ( {} )",
+        signer.selector(),
+        parts.join(" ")
+    );
+    Ok(Exit::Ok)
 }
 
 fn bounces(a: cli::BouncesArgs) -> Result<Exit, Failure> {

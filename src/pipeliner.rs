@@ -206,6 +206,7 @@ impl Pipeliner {
         self.next_id += 1;
         self.envelopes.insert(self.next_id, env.to.clone());
         let msg = Message {
+            dsn: None,
             id: self.next_id,
             from: env.from.clone(),
             to: env.to.clone(),

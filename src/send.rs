@@ -130,6 +130,14 @@ impl Observer for Terminal {
         }
     }
 
+    fn no_dsn(&self, target: &Target) {
+        if !self.quiet {
+            eprintln!(
+                "pipemail: warning: {target} does not advertise DSN: sending without --dsn-notify/--dsn-ret parameters"
+            );
+        }
+    }
+
     fn interrupted(&self) {
         eprintln!(
             "\npipemail: interrupted: finishing messages in flight, reporting the rest as deferred (Ctrl-C again to abort)"
@@ -194,6 +202,11 @@ pub(crate) fn summary_line(s: &Summary) -> String {
 /// message on stdout and the counts on stderr; connects to nothing.
 pub(crate) fn dry_run(plan: SendPlan) -> Result<Exit, Failure> {
     let mut out_err = None;
+    let d = &plan.campaign.deliverability;
+    let (no_unsubscribe, no_dkim) = (
+        d.unsubscribe_url.is_none() && d.unsubscribe_mailto.is_none(),
+        d.signers.is_empty(),
+    );
     let counts = plan
         .campaign
         .dry_run(|ev| match ev {
@@ -226,6 +239,9 @@ pub(crate) fn dry_run(plan: SendPlan) -> Result<Exit, Failure> {
             counts.sanitized
         );
     }
+    if let Some(w) = bulk_warning(counts.ok + counts.failed, no_unsubscribe, no_dkim) {
+        eprintln!("pipemail: warning: {w}");
+    }
     Ok(if counts.failed == 0 {
         Exit::Ok
     } else {
@@ -233,9 +249,41 @@ pub(crate) fn dry_run(plan: SendPlan) -> Result<Exit, Failure> {
     })
 }
 
+/// Rows above which `--dry-run` warns about a list sent without List-Unsubscribe or DKIM
+/// (bulk-sender rules of the large mailbox providers).
+const BULK_ROWS: u64 = 1_000;
+
+/// The `--dry-run` warning for a bulk list without one-click unsubscribe or DKIM.
+fn bulk_warning(rows: u64, no_unsubscribe: bool, no_dkim: bool) -> Option<String> {
+    if rows <= BULK_ROWS || !(no_unsubscribe || no_dkim) {
+        return None;
+    }
+    let missing = match (no_unsubscribe, no_dkim) {
+        (true, true) => "no List-Unsubscribe (--unsubscribe) and no DKIM signature (--dkim-key)",
+        (true, false) => "no List-Unsubscribe (--unsubscribe)",
+        _ => "no DKIM signature (--dkim-key)",
+    };
+    Some(format!(
+        "{rows} messages with {missing}: large mailbox providers expect both from bulk senders"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_lists_without_unsubscribe_or_dkim_are_warned_about() {
+        assert_eq!(bulk_warning(1_000, true, true), None);
+        assert_eq!(bulk_warning(5_000, false, false), None);
+        let w = bulk_warning(1_001, true, false).expect("warned");
+        assert!(
+            w.contains("no List-Unsubscribe") && !w.contains("DKIM"),
+            "{w}"
+        );
+        let w = bulk_warning(2_000, true, true).expect("warned");
+        assert!(w.contains("List-Unsubscribe") && w.contains("DKIM"), "{w}");
+    }
     use pipemail::engine::{EnhancedCode, Reply};
 
     #[test]

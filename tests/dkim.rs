@@ -328,3 +328,159 @@ fn bench_signing() {
         }
     }
 }
+
+// ----- `pipemail send` end to end: messages stored by the sink's Maildir -------------------
+
+/// Writes `pem` to `dir/name` with mode 0600 and returns its path.
+fn key_file(dir: &Path, name: &str, pem: &[u8]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, pem).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn rsa_pem() -> Vec<u8> {
+    PKey::from_rsa(Rsa::generate(2048).unwrap())
+        .unwrap()
+        .private_key_to_pem_pkcs8()
+        .unwrap()
+}
+
+fn ed_pem() -> Vec<u8> {
+    PKey::generate_ed25519()
+        .unwrap()
+        .private_key_to_pem_pkcs8()
+        .unwrap()
+}
+
+/// Runs `pipemail send` with `extra` flags against a sink storing into a Maildir; returns
+/// the stored messages (exactly as received) and the run's stderr.
+fn send_to_maildir(dir: &Path, extra: &[&str]) -> (Vec<Vec<u8>>, String, Option<i32>) {
+    std::fs::write(
+        dir.join("list.csv"),
+        "email,name\r\nann+x@example.net,Ann\r\nbob@example.net,Bob\r\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("t.eml"),
+        "From: News <news@news.example.com>\nTo: {{ name }} <{{ email }}>\n\
+         Subject: Fr\u{fc}hling for {{ name }}\n\n.Hello {{ name }}  \n\n\n",
+    )
+    .unwrap();
+    let maildir = dir.join("Maildir");
+    let sink = pipemail::sink::SinkHandle::start(
+        "127.0.0.1:0".parse().unwrap(),
+        pipemail::sink::SinkConfig {
+            maildir: Some(maildir.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let host = format!("127.0.0.1:{}", sink.local_addr().port());
+    let out = assert_cmd::Command::cargo_bin("pipemail")
+        .unwrap()
+        .current_dir(dir)
+        .args(["send", "--host", &host, "--tls", "none", "-q"])
+        .args(["--list", "list.csv", "--template", "t.eml", "-c", "2"])
+        .args([
+            "--unsubscribe",
+            "https://news.example.com/u?e={{ email|urlencode }}",
+        ])
+        .args(extra)
+        .timeout(std::time::Duration::from_secs(120))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut msgs = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(maildir.join("new")) {
+        for e in rd {
+            msgs.push(std::fs::read(e.unwrap().path()).unwrap());
+        }
+    }
+    (msgs, stderr, out.status.code())
+}
+
+#[test]
+fn send_signs_rsa_ed25519_and_both_verified_from_the_maildir() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa, ed) = (rsa_pem(), ed_pem());
+    let rsa_path = key_file(dir.path(), "rsa.pem", &rsa);
+    let ed_path = key_file(dir.path(), "ed.pem", &ed);
+    let rsa_signer = DkimSigner::new(DkimKey::from_pem(&rsa).unwrap(), "rsa1", None).unwrap();
+    let ed_signer = DkimSigner::new(DkimKey::from_pem(&ed).unwrap(), "ed1", None).unwrap();
+    let (r, e) = (rsa_path.to_str().unwrap(), ed_path.to_str().unwrap());
+    let cases: [(&[&str], Vec<DkimSigner>); 3] = [
+        (
+            &["--dkim-key", r, "--dkim-selector", "rsa1"],
+            vec![rsa_signer.clone()],
+        ),
+        (
+            &["--dkim-key", e, "--dkim-selector", "ed1"],
+            vec![ed_signer.clone()],
+        ),
+        (
+            &[
+                "--dkim-key",
+                r,
+                "--dkim-selector",
+                "rsa1",
+                "--dkim-key",
+                e,
+                "--dkim-selector",
+                "ed1",
+            ],
+            vec![rsa_signer, ed_signer],
+        ),
+    ];
+    for (flags, signers) in cases {
+        let _ = std::fs::remove_dir_all(dir.path().join("Maildir"));
+        let (msgs, stderr, code) = send_to_maildir(dir.path(), flags);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(!stderr.contains("warning"), "{stderr}");
+        assert_eq!(msgs.len(), 2, "{stderr}");
+        let recs = records(&signers, "news.example.com");
+        for m in &msgs {
+            let text = String::from_utf8_lossy(m);
+            assert_eq!(
+                text.matches("DKIM-Signature:").count(),
+                signers.len(),
+                "{text}"
+            );
+            assert!(text.contains("List-Unsubscribe-Post"), "{text}");
+            both_pass(m, &recs, signers.len());
+        }
+    }
+}
+
+#[test]
+fn send_refuses_a_bad_or_missing_key_and_warns_about_a_readable_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = key_file(dir.path(), "bad.pem", b"-----BEGIN NONSENSE-----\n");
+    let (msgs, stderr, code) = send_to_maildir(
+        dir.path(),
+        &["--dkim-key", bad.to_str().unwrap(), "--dkim-selector", "s"],
+    );
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(msgs.is_empty());
+    let (_, stderr, code) = send_to_maildir(
+        dir.path(),
+        &["--dkim-key", "missing.pem", "--dkim-selector", "s"],
+    );
+    assert_eq!(code, Some(66), "{stderr}");
+    assert!(stderr.contains("missing.pem"), "{stderr}");
+    let open = key_file(dir.path(), "open.pem", &ed_pem());
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (msgs, stderr, code) = send_to_maildir(
+        dir.path(),
+        &["--dkim-key", open.to_str().unwrap(), "--dkim-selector", "s"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(msgs.len(), 2);
+    assert!(
+        stderr.contains("warning") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+}

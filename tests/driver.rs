@@ -377,6 +377,7 @@ fn server_refusing_commands_after_the_end_of_data_gets_every_message() {
                     .enumerate()
                 {
                     conn.session().send(Message {
+                        dsn: None,
                         id: id as u64,
                         from: "s@example.com".into(),
                         to: vec![to.into()],

@@ -91,6 +91,7 @@ fn message(i: usize, to: &str) -> Message {
         "From: <sender@example.org>\r\nTo: <{to}>\r\nSubject: interop {i}\r\nMessage-ID: <interop.{i}@example.org>\r\nDate: Wed, 25 Nov 2026 20:00:00 +0000\r\n\r\nBody of message {i}.\n.leading dot\n..two dots\r\nbare CR\rend\n\u{e9}t\u{e9}\n"
     );
     Message {
+        dsn: None,
         id: i as u64,
         from: "sender@example.org".into(),
         to: vec![to.into()],

@@ -33,6 +33,7 @@ fn run(sink: &SinkHandle, pipelining: PipeliningPolicy, chunking: bool, n: u64) 
         let start = Instant::now();
         for i in 0..n {
             conn.session().send(Message {
+                dsn: None,
                 id: i,
                 from: "a@example.org".into(),
                 to: vec![format!("r{i}@example.net")],

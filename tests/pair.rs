@@ -38,6 +38,7 @@ fn message(id: MessageId, to: &[&str], body: &[u8]) -> Message {
     let mut data = format!("X-Id: {id}\r\n\r\n").into_bytes();
     data.extend_from_slice(body);
     Message {
+        dsn: None,
         id,
         from: "sender@example.org".into(),
         to: to.iter().map(|s| s.to_string()).collect(),

@@ -469,6 +469,7 @@ fn messages() -> impl Strategy<Value = Vec<Message>> {
         ms.into_iter()
             .enumerate()
             .map(|(i, (to, data))| Message {
+                dsn: None,
                 id: i as u64,
                 from: "sender@example.org".into(),
                 to: to.into_iter().map(String::from).collect(),
@@ -589,6 +590,7 @@ fn good_messages() -> impl Strategy<Value = Vec<Message>> {
         ms.into_iter()
             .enumerate()
             .map(|(i, (to, data))| Message {
+                dsn: None,
                 id: i as u64,
                 from: "sender@example.org".into(),
                 to: to.into_iter().map(String::from).collect(),

@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let mut s = Session::new(cfg, now);
     let msgs: Vec<Message> = (0..3)
         .map(|i| Message {
+            dsn: None,
             id: i,
             from: "s@example.org".into(),
             to: vec!["a@example.net".into(), "b@example.net".into()],

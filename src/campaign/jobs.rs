@@ -55,6 +55,7 @@ pub struct JobFilter {
     known: Option<KnownDuplicates>,
     resume: Option<ResumeState>,
     skip_unknown: bool,
+    suppression: Option<std::sync::Arc<crate::deliver::suppress::Suppression>>,
 }
 
 impl JobFilter {
@@ -72,6 +73,7 @@ impl JobFilter {
             known: None,
             resume,
             skip_unknown,
+            suppression: None,
         }
     }
 
@@ -83,6 +85,16 @@ impl JobFilter {
             self.dups = None;
             self.known = Some(known);
         }
+        self
+    }
+
+    /// `--suppress`: rows whose address (or domain) is listed are `skipped` with response
+    /// `suppressed`, after the duplicate check.
+    pub fn with_suppression(
+        mut self,
+        suppression: Option<std::sync::Arc<crate::deliver::suppress::Suppression>>,
+    ) -> Self {
+        self.suppression = suppression;
         self
     }
 
@@ -112,6 +124,15 @@ impl JobFilter {
         if let Some(first) = first {
             let mut r = row_report(&row, Status::Skipped, None, 0);
             r.response = format!("duplicate of row {first}");
+            return Decision::Report(r);
+        }
+        if self
+            .suppression
+            .as_ref()
+            .is_some_and(|s| s.contains(&row.email))
+        {
+            let mut r = row_report(&row, Status::Skipped, None, 0);
+            r.response = "suppressed".into();
             return Decision::Report(r);
         }
         if let Some(state) = &self.resume {
@@ -293,5 +314,32 @@ mod tests {
                 .finish()
                 .expect("carry file");
         }
+    }
+
+    #[test]
+    fn suppressed_addresses_and_domains_are_skipped() {
+        let mut s = crate::deliver::suppress::Suppression::new();
+        s.insert("b@example.net");
+        s.insert("@blocked.example");
+        let mut f =
+            JobFilter::new(None, false, None, false).with_suppression(Some(std::sync::Arc::new(s)));
+        let got: Vec<String> = [
+            row(1, "a@example.net"),
+            row(2, "B@Example.net"),
+            row(3, "x@blocked.example"),
+            row(4, "a@example.net"),
+        ]
+        .into_iter()
+        .map(|r| kind(&f.decide(r)))
+        .collect();
+        assert_eq!(
+            got,
+            [
+                "send 1",
+                "skipped suppressed",
+                "skipped suppressed",
+                "skipped duplicate of row 1"
+            ]
+        );
     }
 }

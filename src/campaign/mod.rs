@@ -39,6 +39,7 @@ pub mod render;
 mod runner;
 pub mod schedule;
 mod session;
+pub mod sign;
 
 use std::io::Read;
 use std::time::Duration;
@@ -96,6 +97,12 @@ pub struct Campaign {
     pub mime: Option<crate::message::ComposerOptions>,
     /// `--dry-run --output DIR`: write each rendered message to `DIR/<row>.eml`.
     pub dry_run_output: Option<std::path::PathBuf>,
+    /// DKIM, unsubscribe headers, DSN and a per-row envelope sender, added after rendering.
+    pub deliverability: sign::Deliverability,
+    /// Suppressed addresses and domains: their rows are `skipped` (`suppressed`).
+    pub suppression: Option<std::sync::Arc<crate::deliver::suppress::Suppression>>,
+    /// Where the addresses that failed permanently (5.1.x, 5.2.1) are appended after the run.
+    pub suppress_add: Option<crate::deliver::suppress::SuppressAppender>,
     stopper: Stopper,
 }
 
@@ -119,6 +126,9 @@ impl Campaign {
             handle_ctrl_c: false,
             mime: None,
             dry_run_output: None,
+            deliverability: sign::Deliverability::default(),
+            suppression: None,
+            suppress_add: None,
             stopper: Stopper::default(),
         }
     }
@@ -140,12 +150,13 @@ impl Campaign {
     /// each row that would fail.
     pub fn dry_run(mut self, mut on: impl FnMut(DryRunEvent<'_>)) -> Result<DryRun, CampaignError> {
         let headers = self.list.headers().to_vec();
-        let renderer = match &self.mime {
+        let mut renderer = match &self.mime {
             Some(opts) => Renderer::with_mime(self.template, headers, self.from, opts)
                 .map_err(CampaignError::Compose)?,
             None => Renderer::new(self.template, headers, self.from),
         }
         .with_row_templates(self.row_templates);
+        renderer.set_deliverability(self.deliverability);
         let mut filter = JobFilter::new(
             self.shard,
             self.allow_duplicates,
@@ -155,6 +166,7 @@ impl Campaign {
         if let Some(k) = self.known_duplicates.take() {
             filter = filter.with_known_duplicates(k);
         }
+        let mut filter = filter.with_suppression(self.suppression);
         let mut counts = DryRun::default();
         while let Some(item) = self.list.next_row() {
             let row = item.map_err(CampaignError::List)?;
@@ -390,6 +402,8 @@ pub trait Observer: Send + Sync {
     fn pipelining_evidence(&self, _target: &Target, _evidence: &LevelReason) {}
     /// The run lowered the pipelining level for its host: once per level reached.
     fn pipelining_level(&self, _change: &LevelChange) {}
+    /// DSN parameters were asked for and the server does not offer DSN: once per run.
+    fn no_dsn(&self, _target: &Target) {}
     /// First Ctrl-C: messages in flight finish, the rest is reported `deferred`.
     fn interrupted(&self) {}
     /// Second Ctrl-C (the caller usually exits the process).
@@ -463,6 +477,9 @@ pub enum CampaignError {
         #[source]
         source: std::io::Error,
     },
+    /// `--suppress-add`: the suppression file could not be appended to.
+    #[error(transparent)]
+    SuppressAdd(crate::deliver::suppress::SuppressError),
     /// A bug: a thread panicked or an invariant broke.
     #[error("internal: {0}")]
     Internal(&'static str),

@@ -87,6 +87,8 @@ pub struct Renderer {
     from: FromSource,
     message_id_domain: Option<String>,
     row_templates: Option<RowTemplates>,
+    /// Applied last, to the final bytes: unsubscribe, DSN, VERP sender, DKIM.
+    deliver: super::sign::Deliverability,
 }
 
 /// What a [`Renderer`] renders with.
@@ -118,7 +120,13 @@ impl Renderer {
             from,
             message_id_domain,
             row_templates: None,
+            deliver: super::sign::Deliverability::default(),
         }
+    }
+
+    /// Sets what [`super::sign::Deliverability::finish`] adds to every rendered message.
+    pub fn set_deliverability(&mut self, deliver: super::sign::Deliverability) {
+        self.deliver = deliver;
     }
 
     /// Chooses each row's template by the list's `template` column.
@@ -170,6 +178,7 @@ impl Renderer {
             from,
             message_id_domain,
             row_templates: None,
+            deliver: super::sign::Deliverability::default(),
         })
     }
 
@@ -225,13 +234,16 @@ impl Renderer {
         let mut to = Vec::with_capacity(1 + c.extra_recipients.len());
         to.push(row.email.clone());
         to.extend(c.extra_recipients);
+        let mut message = Message {
+            dsn: None,
+            id: row.number,
+            from,
+            to,
+            data: c.data,
+        };
+        self.finish(row, &mut message)?;
         Ok(Rendered {
-            message: Message {
-                id: row.number,
-                from,
-                to,
-                data: c.data,
-            },
+            message,
             message_id: c.message_id,
             sanitized: c.sanitized,
         })
@@ -258,28 +270,41 @@ impl Renderer {
             FromSource::PerRow => from_address_of(&rendered.data)
                 .ok_or("the rendered message has no From address (use --from)")?,
         };
-        // A templated envelope value is checked after rendering: a row that would produce an
-        // invalid one fails here, at stage `input`, before any command is written.
-        if let Err(e) = crate::engine::check_address(&from) {
-            return Err(format!(
-                "the envelope sender <{}> is not a valid address: {e}",
-                crate::text::printable_str(&from)
-            ));
-        }
+        let mut message = Message {
+            dsn: None,
+            id: row.number,
+            from,
+            to: vec![row.email.clone()],
+            data: rendered.data,
+        };
+        self.finish(row, &mut message)?;
         Ok(Rendered {
-            message: Message {
-                id: row.number,
-                from,
-                to: vec![row.email.clone()],
-                data: rendered.data,
-            },
+            message,
             message_id: rendered.message_id,
             sanitized: rendered.sanitized,
         })
     }
 
-    /// `--dry-run`'s rendering: as for a server without SMTPUTF8 (and, composed, without
-    /// 8BITMIME), default Message-ID domain.
+    /// Are DSN parameters asked for?
+    pub fn wants_dsn(&self) -> bool {
+        self.deliver.dsn.is_some()
+    }
+
+    /// Does rendering sign (DKIM)? Then a pool renders ahead of the sessions.
+    pub fn signs(&self) -> bool {
+        !self.deliver.signers.is_empty()
+    }
+
+    /// The last step of rendering, on the final bytes (after any MIME composition): see
+    /// [`super::sign::Deliverability::finish`]. Nothing may change the message afterwards.
+    fn finish(&self, row: &Row, message: &mut Message) -> Result<(), String> {
+        if self.deliver.is_empty() {
+            return Ok(());
+        }
+        self.deliver.finish(row, &self.headers, message)
+    }
+
+    /// `--dry-run`'s rendering: as for a server without SMTPUTF8, default Message-ID domain.
     pub fn preview(
         &self,
         row: &Row,
@@ -298,7 +323,7 @@ impl Renderer {
             _ if per_row => None,
             Source::Plain(_) => None,
             Source::Auto(c) => match self.template().render(row, &self.headers, &opts) {
-                Ok(r) if r.data.is_ascii() => return Ok(r),
+                Ok(r) if r.data.is_ascii() => return self.preview_finish(row, r),
                 _ => Some(c),
             },
             Source::Mime(c) => Some(c),
@@ -308,18 +333,42 @@ impl Renderer {
                 render: opts,
                 eight_bit_mime: false,
             };
-            return composer
+            let composed = composer
                 .compose(row, &self.headers, &opts)
                 .map(|c| crate::template::Rendered {
                     data: c.data,
                     message_id: c.message_id,
                     sanitized: c.sanitized,
                 })
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string())?;
+            return self.preview_finish(row, composed);
         }
-        self.template_for(row)?
+        let rendered = self
+            .template_for(row)?
             .render(row, &self.headers, &opts)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        self.preview_finish(row, rendered)
+    }
+
+    /// The same last step as a real run for `--dry-run`'s message: unsubscribe fields,
+    /// sender check, signature.
+    fn preview_finish(
+        &self,
+        row: &Row,
+        mut rendered: crate::template::Rendered,
+    ) -> Result<crate::template::Rendered, String> {
+        if !self.deliver.is_empty() {
+            let mut message = Message {
+                dsn: None,
+                id: row.number,
+                from: String::new(),
+                to: vec![row.email.clone()],
+                data: std::mem::take(&mut rendered.data),
+            };
+            self.finish(row, &mut message)?;
+            rendered.data = message.data;
+        }
+        Ok(rendered)
     }
 }
 

@@ -178,6 +178,10 @@ pub(super) struct Ctx {
     /// an attempt whose own address is retried, by row: the retry leaves them out, the
     /// final report row shows their outcome.
     pub(super) extras_done: Mutex<std::collections::HashMap<u64, Vec<(String, String)>>>,
+    /// `--suppress-add`: addresses that failed permanently (5.1.x, 5.2.1), when collected.
+    pub(super) permanent: Option<Mutex<Vec<String>>>,
+    /// Set once the missing DSN extension was announced.
+    pub(super) warned_no_dsn: AtomicBool,
 }
 
 /// Shared with the report thread (which must not hold the report sender).
@@ -243,6 +247,17 @@ impl Ctx {
         };
         if failed {
             self.queue.stop();
+        }
+        if let Some(p) = &self.permanent
+            && row.status == Status::Failed
+            && row.smtp_code.is_some_and(|c| {
+                crate::deliver::suppress::is_permanent_recipient_failure(
+                    c,
+                    row.enhanced_code.as_deref(),
+                )
+            })
+        {
+            lock(p).push(row.email.clone());
         }
         let _ = self.report.send(ReportMsg::Row(row.status));
     }
@@ -312,7 +327,11 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
     let level = HostLevel::new(c.connect.target.clone(), c.connect.session.pipelining_level);
     let ctx = Arc::new(Ctx {
         connect: c.connect,
-        renderer: renderer.with_row_templates(c.row_templates),
+        renderer: {
+            let mut r = renderer.with_row_templates(c.row_templates);
+            r.set_deliverability(c.deliverability);
+            r
+        },
         queue: Arc::clone(&queue),
         report: report_tx,
         journal: journal.map(Mutex::new),
@@ -327,6 +346,8 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         observer: Arc::clone(&observer),
         level,
         last_stage: Mutex::new(Stage::Connect),
+        permanent: c.suppress_add.is_some().then(|| Mutex::new(Vec::new())),
+        warned_no_dsn: AtomicBool::new(false),
     });
 
     // Report thread: the counts and the observer. It holds no report sender, so it ends
@@ -348,6 +369,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
     if let Some(k) = c.known_duplicates {
         filter = filter.with_known_duplicates(k);
     }
+    let filter = filter.with_suppression(c.suppression);
     let list = c.list;
     let producer = std::thread::Builder::new()
         .name("list".into())
@@ -415,6 +437,12 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
     drop(ctx.report);
+    if let (Some(mut appender), Some(p)) = (c.suppress_add, ctx.permanent) {
+        let addrs = p.into_inner().unwrap_or_else(PoisonError::into_inner);
+        for a in addrs {
+            appender.append(&a).map_err(CampaignError::SuppressAdd)?;
+        }
+    }
     let (tally, sanitized, fatal) = report_thread
         .join()
         .map_err(|_| CampaignError::Internal("report thread panicked"))?;
@@ -523,7 +551,12 @@ fn tally(
     (t, sanitized, fatal)
 }
 
-fn produce(mut list: List, mut filter: JobFilter, ctx: &Ctx) -> Option<ResumeState> {
+fn produce(mut list: List, mut filter: JobFilter, ctx: &Arc<Ctx>) -> Option<ResumeState> {
+    // DKIM: rows are rendered and signed by a pool on every core before they are queued.
+    let pool = ctx
+        .renderer
+        .signs()
+        .then(|| super::sign::SignPool::start(Arc::clone(ctx)));
     while let Some(item) = list.next_row() {
         let row = match item {
             Ok(r) => r,
@@ -535,17 +568,26 @@ fn produce(mut list: List, mut filter: JobFilter, ctx: &Ctx) -> Option<ResumeSta
         match filter.decide(row) {
             Decision::OtherShard => {}
             Decision::Report(r) => ctx.send_report(&r),
-            Decision::Send(job) => {
-                if let Err(job) = ctx.queue.push(job) {
-                    let mut r = row_report(&job.row, Status::Deferred, Some(Stage::Connect), 0);
-                    r.response = "not sent: the run was stopped".into();
-                    ctx.send_report(&r);
-                }
-            }
+            Decision::Send(job) => match &pool {
+                Some(p) => p.submit(job),
+                None => queue_job(ctx, job),
+            },
         }
+    }
+    if let Some(p) = pool {
+        p.finish();
     }
     ctx.queue.producer_done();
     filter.into_resume()
+}
+
+/// Queues a job for the sessions, or reports it deferred when the run was stopped.
+pub(super) fn queue_job(ctx: &Ctx, job: Job) {
+    if let Err(job) = ctx.queue.push(job) {
+        let mut r = row_report(&job.row, Status::Deferred, Some(Stage::Connect), 0);
+        r.response = "not sent: the run was stopped".into();
+        ctx.send_report(&r);
+    }
 }
 
 /// One connection slot: opens sessions until the work is done or it gives up.

@@ -36,6 +36,9 @@ pub struct Job {
     /// An earlier attempt ended `unknown`: the server may have the message, so the row is
     /// never reported `failed` or `deferred`, only `sent` or `unknown`.
     pub uncertain: bool,
+    /// The message rendered and signed ahead by the signing pool (DKIM runs), reused as it
+    /// is by every attempt; `None`: the session renders it.
+    pub prepared: Option<std::sync::Arc<super::sign::Prepared>>,
 }
 
 impl Job {
@@ -45,6 +48,7 @@ impl Job {
             row,
             attempts: 0,
             uncertain: false,
+            prepared: None,
         }
     }
 }

@@ -72,6 +72,12 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                     {
                         ctx.observer.lockstep(&ctx.connect.target);
                     }
+                    if ctx.renderer.wants_dsn()
+                        && !conn.session_ref().capabilities().has(Extensions::DSN)
+                        && !ctx.warned_no_dsn.swap(true, Ordering::SeqCst)
+                    {
+                        ctx.observer.no_dsn(&ctx.connect.target);
+                    }
                 }
                 Event::Exchange(x) => ctx.observer.exchange(&x),
                 Event::Recipient(o) => on_outcome(ctx, &mut inflight, o, &mut batch_limit),
@@ -212,10 +218,13 @@ fn render(
     job: Job,
     inflight: &mut HashMap<u64, InFlight>,
 ) -> Option<crate::engine::Message> {
-    match ctx
-        .renderer
-        .render_for(&job.row, smtputf8, eight_bit, OffsetDateTime::now_utc())
-    {
+    let rendered = match &job.prepared {
+        Some(p) => Ok(p.to_rendered()),
+        None => ctx
+            .renderer
+            .render_for(&job.row, smtputf8, eight_bit, OffsetDateTime::now_utc()),
+    };
+    match rendered {
         Ok(mut r) => {
             if r.message.to.len() > 1
                 && let Some(done) = lock(&ctx.extras_done).get(&job.row.number)

@@ -299,6 +299,19 @@ pub fn auth_oauth_error_ack(out: &mut Vec<u8>, bearer: bool) {
 
 /// `MAIL FROM:<from>` with its parameters; an empty `from` is the null reverse-path `<>`.
 pub fn mail_from(out: &mut Vec<u8>, from: &str, params: MailParams) {
+    mail_from_with(out, from, params, "");
+}
+
+/// Appends ` extra` (CR, LF and NUL removed) when `extra` is not empty.
+fn push_extra(out: &mut Vec<u8>, extra: &str) {
+    if !extra.is_empty() {
+        out.push(b' ');
+        push_clean(out, extra);
+    }
+}
+
+/// [`mail_from`] followed by caller parameters (e.g. DSN's `RET=HDRS ENVID=…`, RFC 3461).
+pub fn mail_from_with(out: &mut Vec<u8>, from: &str, params: MailParams, extra: &str) {
     out.extend_from_slice(b"MAIL FROM:<");
     push_clean(out, from);
     out.push(b'>');
@@ -312,14 +325,22 @@ pub fn mail_from(out: &mut Vec<u8>, from: &str, params: MailParams) {
     if params.smtputf8 {
         out.extend_from_slice(b" SMTPUTF8");
     }
+    push_extra(out, extra);
     out.extend_from_slice(b"\r\n");
 }
 
 /// `RCPT TO:<to>`
 pub fn rcpt_to(out: &mut Vec<u8>, to: &str) {
+    rcpt_to_with(out, to, "");
+}
+
+/// `RCPT TO:<to>` followed by caller parameters (e.g. DSN's `NOTIFY=… ORCPT=…`).
+pub fn rcpt_to_with(out: &mut Vec<u8>, to: &str, extra: &str) {
     out.extend_from_slice(b"RCPT TO:<");
     push_clean(out, to);
-    out.extend_from_slice(b">\r\n");
+    out.push(b'>');
+    push_extra(out, extra);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `DATA`
@@ -374,6 +395,34 @@ mod tests {
         push_decimal(&mut out, 0);
         push_decimal(&mut out, usize::MAX);
         assert_eq!(out, format!("0{}", usize::MAX).into_bytes());
+    }
+
+    #[test]
+    fn encoders_append_caller_parameters() {
+        let mut out = Vec::new();
+        mail_from_with(
+            &mut out,
+            "bounces+7@b.c",
+            MailParams {
+                size: Some(42),
+                ..MailParams::default()
+            },
+            "RET=HDRS ENVID=c1.7",
+        );
+        rcpt_to_with(
+            &mut out,
+            "d@e.f",
+            "NOTIFY=FAILURE,DELAY ORCPT=rfc822;d@e.f\r\nRSET",
+        );
+        rcpt_to_with(&mut out, "g@h.i", "");
+        mail_from_with(&mut out, "", MailParams::default(), "");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "MAIL FROM:<bounces+7@b.c> SIZE=42 RET=HDRS ENVID=c1.7\r\n\
+             RCPT TO:<d@e.f> NOTIFY=FAILURE,DELAY ORCPT=rfc822;d@e.fRSET\r\n\
+             RCPT TO:<g@h.i>\r\n\
+             MAIL FROM:<>\r\n"
+        );
     }
 
     #[test]

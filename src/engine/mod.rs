@@ -73,7 +73,7 @@ pub use error::{
     AuthOffer, IoFailure, ProtocolError, SessionError, TlsFailure, TlsFailureKind, TlsRefusal,
 };
 pub use event::{Event, Exchange, RoundTrips, StepDown};
-pub use outcome::{Delivery, Message, MessageId, RcptOutcome, Stage};
+pub use outcome::{Delivery, DsnParams, Message, MessageId, RcptOutcome, Stage};
 pub use pipeline::PipeliningLevel;
 pub use reply::{EnhancedCode, Reply, ReplyParser, Severity};
 pub use session::{Session, SessionState};

@@ -97,6 +97,20 @@ pub struct Message {
     pub to: Vec<String>,
     /// The message (headers, blank line, body); any line endings, not dot-stuffed.
     pub data: Vec<u8>,
+    /// DSN parameters (RFC 3461), sent only when the server advertises `DSN`.
+    pub dsn: Option<DsnParams>,
+}
+
+/// Delivery Status Notification parameters of one message (RFC 3461). The session appends
+/// them to MAIL and RCPT only when the server advertises `DSN`; otherwise they are dropped.
+/// CR, LF and NUL are removed, so a value cannot add a command.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DsnParams {
+    /// After `MAIL FROM:<…>`, e.g. `RET=HDRS ENVID=c1.42`; empty: none.
+    pub mail: String,
+    /// After each `RCPT TO:<…>`, in the order of [`Message::to`], e.g.
+    /// `NOTIFY=FAILURE ORCPT=rfc822;a@example.org`; a missing or empty entry: none.
+    pub rcpt: Vec<String>,
 }
 
 impl Delivery {
@@ -132,6 +146,8 @@ pub(super) struct Msg {
     pub(super) to: Vec<String>,
     /// Kept until the message is resolved: a refused message is sent again.
     pub(super) data: Vec<u8>,
+    /// DSN parameters to send (already dropped when the server has no DSN).
+    pub(super) dsn: Option<DsnParams>,
     pub(super) state: MsgState,
     pub(super) mail: Option<Reply>,
     pub(super) rcpt: Vec<Option<Reply>>,
@@ -166,6 +182,7 @@ impl Msg {
             from: msg.from,
             to: msg.to,
             data: msg.data,
+            dsn: msg.dsn,
             state: MsgState::Envelope,
             mail: None,
             rcpt: vec![None; n],
@@ -188,7 +205,21 @@ impl Msg {
             from: self.from,
             to: self.to,
             data: self.data,
+            dsn: self.dsn,
         }
+    }
+
+    /// The MAIL parameters from [`DsnParams`], or `""`.
+    pub(super) fn dsn_mail(&self) -> &str {
+        self.dsn.as_ref().map_or("", |d| d.mail.as_str())
+    }
+
+    /// The RCPT parameters of recipient `i` from [`DsnParams`], or `""`.
+    pub(super) fn dsn_rcpt(&self, i: usize) -> &str {
+        self.dsn
+            .as_ref()
+            .and_then(|d| d.rcpt.get(i))
+            .map_or("", String::as_str)
     }
 
     pub(super) fn mail_ok(&self) -> bool {

@@ -68,7 +68,8 @@ impl Session {
                 if next < m.to.len() {
                     self.active[i].next_rcpt += 1;
                     let start = out.len();
-                    command::rcpt_to(out, &self.active[i].to[next]);
+                    let m = &self.active[i];
+                    command::rcpt_to_with(out, &m.to[next], m.dsn_rcpt(next));
                     let what = Awaiting::Msg {
                         seq,
                         verb: Verb::Rcpt,
@@ -186,20 +187,23 @@ impl Session {
             eight_bit: self.caps.has(Extensions::EIGHT_BIT_MIME) && !msg.data.is_ascii(),
             smtputf8: utf8,
         };
+        let mut m = Msg::new(seq, msg, self.pipelining());
+        if !self.caps.has(Extensions::DSN) {
+            m.dsn = None;
+        }
         let start = out.len();
-        command::mail_from(out, &msg.from, params);
+        command::mail_from_with(out, &m.from, params, m.dsn_mail());
         let what = Awaiting::Msg {
             seq,
             verb: Verb::Mail,
             rcpt: 0,
         };
         self.record(what, out, start);
-        let mut m = Msg::new(seq, msg, self.pipelining());
         let n = m.to.len();
         if m.pipelined {
             for (i, addr) in m.to.iter().enumerate() {
                 let start = out.len();
-                command::rcpt_to(out, addr);
+                command::rcpt_to_with(out, addr, m.dsn_rcpt(i));
                 let what = Awaiting::Msg {
                     seq,
                     verb: Verb::Rcpt,

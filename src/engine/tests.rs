@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::*;
 
 mod bdat;
+mod dsn;
 mod errors;
 mod handshake;
 mod level;
@@ -118,6 +119,7 @@ fn run(cfg: Config, msgs: &[Message], script: &[(&str, &str)]) -> Run {
 
 fn msg(id: u64, to: &[&str]) -> Message {
     Message {
+        dsn: None,
         id,
         from: "sender@example.com".into(),
         to: to.iter().map(|s| s.to_string()).collect(),

@@ -59,6 +59,9 @@ pub struct SinkConfig {
     /// Most recipients per transaction (default 1000); each RCPT beyond gets
     /// `452 4.5.3 Error: too many recipients` (RFC 5321 §4.5.3.1.10).
     pub max_recipients: usize,
+    /// Advertise DSN (RFC 3461) and accept `RET`/`ENVID` on MAIL and `NOTIFY`/`ORCPT` on RCPT
+    /// (default false: those parameters are refused with 555, as without the extension).
+    pub dsn: bool,
 }
 
 impl Default for SinkConfig {
@@ -81,6 +84,7 @@ impl Default for SinkConfig {
             faults: None,
             after_dot: AfterDot::Accept,
             max_recipients: super::server::MAX_RCPTS,
+            dsn: false,
         }
     }
 }
@@ -107,6 +111,7 @@ impl fmt::Debug for SinkConfig {
             .field("allow_plain_auth", &self.allow_plain_auth)
             .field("faults", &self.faults)
             .field("after_dot", &self.after_dot)
+            .field("dsn", &self.dsn)
             .finish()
     }
 }

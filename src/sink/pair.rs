@@ -22,6 +22,7 @@
 //! let cfg = engine::Config { tls: TlsPolicy::None, ..engine::Config::default() };
 //! let mut pair = Pair::new(cfg, Arc::new(SinkConfig::default()), Instant::now());
 //! pair.client.send(Message {
+//!     dsn: None,
 //!     id: 1,
 //!     from: "a@example.org".into(),
 //!     to: vec!["b@example.net".into()],

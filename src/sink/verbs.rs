@@ -96,6 +96,9 @@ impl Server {
         if cfg.smtputf8 {
             lines.push("SMTPUTF8".into());
         }
+        if cfg.dsn {
+            lines.push("DSN".into());
+        }
         if self.cfg.tls.is_some() && !self.tls_active {
             lines.push("STARTTLS".into());
         }
@@ -148,6 +151,10 @@ impl Server {
                     if v.eq_ignore_ascii_case("7BIT")
                         || (v.eq_ignore_ascii_case("8BITMIME") && self.cfg.eight_bit_mime) => {}
                 ("SMTPUTF8", None) if self.cfg.smtputf8 => smtputf8 = true,
+                ("RET", Some(v))
+                    if self.cfg.dsn
+                        && (v.eq_ignore_ascii_case("FULL") || v.eq_ignore_ascii_case("HDRS")) => {}
+                ("ENVID", Some(v)) if self.cfg.dsn && !v.is_empty() => {}
                 _ => {
                     let text = format!("555 5.5.4 Unsupported option: {param}");
                     return self.reply(&text);
@@ -179,7 +186,11 @@ impl Server {
         if addr.is_empty() {
             return Err("501 5.1.3 Bad recipient address syntax".into());
         }
-        if let Some(param) = params.first() {
+        let dsn_param = |p: &str| {
+            let key = p.split_once('=').map(|(k, _)| k.to_ascii_uppercase());
+            self.cfg.dsn && matches!(key.as_deref(), Some("NOTIFY" | "ORCPT"))
+        };
+        if let Some(param) = params.iter().find(|p| !dsn_param(p)) {
             return Err(format!("555 5.5.4 Unsupported option: {param}"));
         }
         if !addr.is_ascii() && !txn.smtputf8 {

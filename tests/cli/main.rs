@@ -14,6 +14,7 @@ mod support;
 #[path = "../util/mod.rs"]
 mod util;
 
+mod deliverability;
 mod delivery;
 mod exit_codes;
 mod input;

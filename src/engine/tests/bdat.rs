@@ -5,6 +5,7 @@ use super::*;
 #[test]
 fn bdat_deep_pipeline_with_failures_in_the_middle() {
     let m = |id, to: &str| Message {
+        dsn: None,
         id,
         from: "s@example.com".into(),
         to: vec![to.into()],
@@ -78,6 +79,7 @@ fn bdat_deep_pipeline_with_failures_in_the_middle() {
 fn bdat_window_bounds_messages_in_flight() {
     let c = Config { window: 2, ..cfg() };
     let m = |id, to: &str| Message {
+        dsn: None,
         id,
         from: "s@example.com".into(),
         to: vec![to.into()],
@@ -118,6 +120,7 @@ fn bdat_window_bounds_messages_in_flight() {
 fn exim_keeps_the_transaction_after_a_refused_bdat() {
     let c = Config { window: 3, ..cfg() };
     let m = |id, to: &str| Message {
+        dsn: None,
         id,
         from: "s@example.com".into(),
         to: vec![to.into()],
@@ -180,6 +183,7 @@ fn exim_keeps_the_transaction_after_a_refused_bdat() {
 fn stale_transaction_and_an_after_dot_refusal_still_step_down() {
     let c = Config { window: 2, ..cfg() };
     let m = |id, to: &str| Message {
+        dsn: None,
         id,
         from: "s@example.com".into(),
         to: vec![to.into()],

@@ -21,6 +21,7 @@ fn env(to: &[&str]) -> String {
 /// One BDAT message to one recipient, 19 octets of body.
 fn bdat_msg(id: u64, to: &str) -> Message {
     Message {
+        dsn: None,
         id,
         from: "s@example.com".into(),
         to: vec![to.into()],
@@ -205,6 +206,7 @@ fn refusal_in_the_middle_of_a_window_of_100_bdat_messages() {
 #[test]
 fn refusal_and_a_genuine_550_in_the_same_group() {
     let m1 = Message {
+        dsn: None,
         to: vec!["a@example.net".into(), "bad@example.net".into()],
         ..bdat_msg(1, "")
     };

@@ -5,6 +5,7 @@ use super::*;
 #[test]
 fn size_limit_fails_before_sending() {
     let big = Message {
+        dsn: None,
         id: 7,
         from: "s@example.com".into(),
         to: vec!["a@x.net".into()],
@@ -37,6 +38,7 @@ fn size_limit_fails_before_sending() {
 #[test]
 fn non_ascii_address_needs_smtputf8() {
     let m = Message {
+        dsn: None,
         id: 1,
         from: "s@example.com".into(),
         to: vec!["jos\u{e9}@example.com".into()],
@@ -70,6 +72,7 @@ fn non_ascii_address_needs_smtputf8() {
 #[test]
 fn invalid_address_never_reaches_the_wire() {
     let m = Message {
+        dsn: None,
         id: 1,
         from: "s@example.com".into(),
         to: vec!["a@example.com>\r\nRCPT TO:<evil@x".into()],

@@ -214,6 +214,7 @@ proptest! {
             all.extend(to.iter().map(|a| (a.clone(), !*deny && a.starts_with("ok"))));
             let body = if *deny { "Subject: deny\n\nx\n" } else { "Subject: hi\n\nx\n" };
             s.send(Message {
+                dsn: None,
                 id: i as u64,
                 from: "s@example.com".into(),
                 to,
