@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod demo;
 mod exit;
+mod message_plan;
 mod profile;
 mod progress;
 mod secrets;

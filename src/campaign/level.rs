@@ -108,12 +108,12 @@ impl HostLevel {
 
     /// The level a new session starts at.
     pub(super) fn current(&self) -> PipeliningLevel {
-        super::runner::lock(&self.state).level
+        super::ctx::lock(&self.state).level
     }
 
     /// The last lowering, if the run lowered the level.
     pub(super) fn last_change(&self) -> Option<LevelChange> {
-        super::runner::lock(&self.state).last.clone()
+        super::ctx::lock(&self.state).last.clone()
     }
 
     /// A session stepped down: lowers the host's level to `s.to` if that is lower. Returns
@@ -141,7 +141,7 @@ impl HostLevel {
     }
 
     fn lower(&self, to: PipeliningLevel, reason: LevelReason, bdat: bool) -> Option<LevelChange> {
-        let mut st = super::runner::lock(&self.state);
+        let mut st = super::ctx::lock(&self.state);
         if to <= st.level {
             return None;
         }

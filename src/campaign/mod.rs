@@ -33,6 +33,7 @@
 //! # }
 //! ```
 
+mod ctx;
 pub mod jobs;
 pub mod level;
 pub mod render;
@@ -235,7 +236,7 @@ pub struct Stopper(std::sync::Arc<std::sync::Mutex<StopState>>);
 #[derive(Default)]
 struct StopState {
     requested: bool,
-    queue: Option<std::sync::Arc<runner::Queue>>,
+    queue: Option<std::sync::Arc<ctx::Queue>>,
 }
 
 impl std::fmt::Debug for Stopper {
@@ -271,7 +272,7 @@ impl Stopper {
     }
 
     /// The run's queue from now on; stops it at once if a stop came first.
-    fn attach(&self, queue: &std::sync::Arc<runner::Queue>) {
+    fn attach(&self, queue: &std::sync::Arc<ctx::Queue>) {
         let requested = {
             let mut st = self
                 .0

@@ -8,9 +8,9 @@ use std::time::Instant;
 use time::OffsetDateTime;
 
 use super::CampaignError;
+use super::ctx::{Ctx, ReportMsg, UNCERTAIN_NOTE, lock};
 use super::jobs::row_report;
 use super::level::LevelReason;
-use super::runner::{Ctx, ReportMsg, UNCERTAIN_NOTE, lock};
 use super::schedule::{BatchPoll, Handled, Job, Poll};
 use crate::driver::Connection;
 use crate::engine::{

@@ -21,9 +21,9 @@ use crate::engine::{DsnParams, Message, check_address};
 use crate::input::Row;
 use crate::report::{Stage, Status};
 
+use super::ctx::{Ctx, queue_job};
 use super::jobs::row_report;
 use super::render::Rendered;
-use super::runner::{Ctx, queue_job};
 use super::schedule::Job;
 
 /// Why a small per-row template (`--from`, `--unsubscribe`) was refused.
