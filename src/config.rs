@@ -5,12 +5,9 @@ use anyhow::{Context as _, anyhow};
 
 use crate::cli::{ConnArgs, TlsMode};
 use crate::exit::{Exit, Failure, fail};
-use crate::message_plan::{deliverability, list_message_plan, mime_options};
+use crate::message_plan::{MessagePlan, deliverability, list_message_plan, mime_options};
 use pipemail::driver::{ConnectOptions, Target, TlsHints, TlsSettings};
 use pipemail::engine::{self, PipeliningPolicy, Timeouts, TlsPolicy};
-
-/// Environment variable holding the AUTH password.
-pub(crate) const PASSWORD_ENV: &str = "PIPEMAIL_PASSWORD";
 
 /// Connection settings for `send` and `check-server`.
 #[derive(Debug, Clone)]
@@ -115,7 +112,7 @@ use std::path::PathBuf;
 use crate::cli::{FormatArg, SendArgs, ShardArg};
 use crate::exit::for_input as input_exit;
 use pipemail::campaign::sign::RowTemplate;
-use pipemail::campaign::{Campaign, FromSource, RowTemplates, ScheduleConfig, Shard};
+use pipemail::campaign::{Campaign, FromSource, ScheduleConfig, Shard};
 use pipemail::input::{ListReader, scan_file};
 use pipemail::report::{Format, ResumeState};
 use pipemail::template::Template;
@@ -316,16 +313,6 @@ fn finish_send_plan(
         verbose: conn.verbose,
         label: None,
     })
-}
-
-/// The message of a `send` run: its template, envelope sender, and per-row templates.
-pub(crate) struct MessagePlan {
-    pub(crate) template: Template,
-    pub(crate) from: FromSource,
-    pub(crate) row_templates: Option<RowTemplates>,
-    /// MIME composition (`--html`, `--attach`, `Attach:`/`Cc:`/`Bcc:`); `None` sends the
-    /// rendering as it is (a list that carries its message).
-    pub(crate) mime: Option<pipemail::message::ComposerOptions>,
 }
 
 /// `--resume`: the earlier run's state; read-only for `--dry-run`, which writes nothing.

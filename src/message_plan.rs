@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow};
 
 use crate::cli::{DeliverArgs, MimeArgs, SendArgs};
-use crate::config::MessagePlan;
 use crate::exit::for_input as input_exit;
 use crate::exit::{Exit, Failure, fail};
 use pipemail::campaign::sign::{Deliverability, DsnSettings, RowTemplate};
@@ -16,6 +15,16 @@ use pipemail::engine;
 use pipemail::input::ListReader;
 use pipemail::template::Template;
 use pipemail::template::list::ListMessage;
+
+/// The message of a `send` run: its template, envelope sender, and per-row templates.
+pub(crate) struct MessagePlan {
+    pub(crate) template: Template,
+    pub(crate) from: FromSource,
+    pub(crate) row_templates: Option<RowTemplates>,
+    /// MIME composition (`--html`, `--attach`, `Attach:`/`Cc:`/`Bcc:`); `None` sends the
+    /// rendering as it is (a list that carries its message).
+    pub(crate) mime: Option<pipemail::message::ComposerOptions>,
+}
 
 // ----- the list carries the message ---------------------------------------------------------
 

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::cli::Cli;
-use crate::config::PASSWORD_ENV;
 use crate::exit::{Exit, Failure, fail};
+use crate::secrets::PASSWORD_ENV;
 use pipemail::engine::Secret;
 
 /// Subcommands whose flags a config file can set.

@@ -13,9 +13,11 @@ use wait_timeout::ChildExt as _;
 use anyhow::Context as _;
 
 use crate::cli::{AuthMechArg, ConnArgs};
-use crate::config::PASSWORD_ENV;
 use crate::exit::{Exit, Failure, fail};
 use pipemail::engine::{AuthMechanism, Credentials, Secret};
+
+/// Environment variable holding the AUTH password.
+pub(crate) const PASSWORD_ENV: &str = "PIPEMAIL_PASSWORD";
 
 /// The AUTH credentials and mechanism the flags ask for; runs a password or token command.
 pub(crate) fn auth_plan(

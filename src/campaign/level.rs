@@ -108,12 +108,19 @@ impl HostLevel {
 
     /// The level a new session starts at.
     pub(super) fn current(&self) -> PipeliningLevel {
-        super::ctx::lock(&self.state).level
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .level
     }
 
     /// The last lowering, if the run lowered the level.
     pub(super) fn last_change(&self) -> Option<LevelChange> {
-        super::ctx::lock(&self.state).last.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .last
+            .clone()
     }
 
     /// A session stepped down: lowers the host's level to `s.to` if that is lower. Returns
@@ -141,7 +148,10 @@ impl HostLevel {
     }
 
     fn lower(&self, to: PipeliningLevel, reason: LevelReason, bdat: bool) -> Option<LevelChange> {
-        let mut st = super::ctx::lock(&self.state);
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if to <= st.level {
             return None;
         }

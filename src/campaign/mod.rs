@@ -34,6 +34,7 @@
 //! ```
 
 mod ctx;
+pub mod deliverability;
 pub mod jobs;
 pub mod level;
 pub mod render;

@@ -88,7 +88,7 @@ pub struct Renderer {
     message_id_domain: Option<String>,
     row_templates: Option<RowTemplates>,
     /// Applied last, to the final bytes: unsubscribe, DSN, VERP sender, DKIM.
-    deliver: super::sign::Deliverability,
+    deliver: super::deliverability::Deliverability,
 }
 
 /// What a [`Renderer`] renders with.
@@ -120,12 +120,12 @@ impl Renderer {
             from,
             message_id_domain,
             row_templates: None,
-            deliver: super::sign::Deliverability::default(),
+            deliver: super::deliverability::Deliverability::default(),
         }
     }
 
-    /// Sets what [`super::sign::Deliverability::finish`] adds to every rendered message.
-    pub fn set_deliverability(&mut self, deliver: super::sign::Deliverability) {
+    /// Sets what [`super::deliverability::Deliverability::finish`] adds to every rendered message.
+    pub fn set_deliverability(&mut self, deliver: super::deliverability::Deliverability) {
         self.deliver = deliver;
     }
 
@@ -178,7 +178,7 @@ impl Renderer {
             from,
             message_id_domain,
             row_templates: None,
-            deliver: super::sign::Deliverability::default(),
+            deliver: super::deliverability::Deliverability::default(),
         })
     }
 
@@ -296,7 +296,7 @@ impl Renderer {
     }
 
     /// The last step of rendering, on the final bytes (after any MIME composition): see
-    /// [`super::sign::Deliverability::finish`]. Nothing may change the message afterwards.
+    /// [`super::deliverability::Deliverability::finish`]. Nothing may change the message afterwards.
     fn finish(&self, row: &Row, message: &mut Message) -> Result<(), String> {
         if self.deliver.is_empty() {
             return Ok(());
@@ -386,5 +386,24 @@ pub fn extra_outcome(o: &crate::engine::RcptOutcome) -> String {
             None => format!("{}={}", o.address, r.code),
         },
         None => format!("{}=-", o.address),
+    }
+}
+
+/// A message rendered and signed ahead of the sessions by the signing pool (DKIM runs).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Prepared {
+    pub(super) message: Message,
+    pub(super) message_id: String,
+    pub(super) sanitized: bool,
+}
+
+impl Prepared {
+    /// A copy for one attempt (the signed bytes are never changed).
+    pub(super) fn to_rendered(&self) -> Rendered {
+        Rendered {
+            message: self.message.clone(),
+            message_id: self.message_id.clone(),
+            sanitized: self.sanitized,
+        }
     }
 }

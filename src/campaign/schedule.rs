@@ -38,7 +38,7 @@ pub struct Job {
     pub uncertain: bool,
     /// The message rendered and signed ahead by the signing pool (DKIM runs), reused as it
     /// is by every attempt; `None`: the session renders it.
-    pub prepared: Option<std::sync::Arc<super::sign::Prepared>>,
+    pub prepared: Option<std::sync::Arc<super::render::Prepared>>,
 }
 
 impl Job {

@@ -83,7 +83,7 @@ impl Default for SinkConfig {
             allow_plain_auth: false,
             faults: None,
             after_dot: AfterDot::Accept,
-            max_recipients: super::server::MAX_RCPTS,
+            max_recipients: MAX_RCPTS,
             dsn: false,
         }
     }
@@ -201,3 +201,6 @@ pub enum AfterDot {
     /// without reading or answering what follows.
     Drop,
 }
+
+/// The most recipients the sink takes in one transaction, whatever the configuration.
+pub(super) const MAX_RCPTS: usize = 1000;

@@ -33,8 +33,6 @@ use super::proto::{self, DotDecoder, LineScan};
 /// A client that sends nothing (and reads nothing) for this long gets `421 4.4.2` and is
 /// disconnected (RFC 5321 §4.5.3.2.7 suggests 5 minutes).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Most recipients per message.
-pub(super) const MAX_RCPTS: usize = 1000;
 /// Message size limit when no SIZE is configured.
 pub(super) const UNLIMITED_SIZE: u64 = 64 * 1024 * 1024;
 /// The reply to every command pipelined behind an end of data with [`AfterDot::Refuse`].

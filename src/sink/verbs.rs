@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
+use super::config::MAX_RCPTS;
 use super::proto::{self, DotDecoder, Verb};
-use super::server::{Envelope, Event, MAX_RCPTS, Mode, Server, Txn};
+use super::server::{Envelope, Event, Mode, Server, Txn};
 
 fn envelope(txn: Txn, via_bdat: bool) -> Envelope {
     Envelope {
