@@ -24,6 +24,7 @@
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileTypeExt as _;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,6 +139,14 @@ pub fn replace_file(path: &Path) -> Result<File, FsError> {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(FsError::io(path, e)),
             _ => {}
         },
+        Some(t) if t.is_char_device() => {
+            // `--report /dev/null` (a device): written to, never replaced.
+            return OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|e| open_error(path, e));
+        }
         Some(_) => {
             return Err(FsError::NotRegular {
                 path: path.to_owned(),

@@ -280,3 +280,20 @@ fn dot_lines_and_mixed_line_endings_arrive_byte_exact_with_data_and_bdat() {
         assert_bytes_eq(&m.data, &want);
     }
 }
+
+/// A report written to a device (`--report /dev/null`, as benchmarks and cron jobs do) is
+/// written to, not refused as "not a regular file", and no journal lands beside it.
+#[test]
+fn report_to_dev_null_is_accepted() {
+    let fx = simple_fixture();
+    let sink = plain_sink();
+    let mut c = fx.send(&host_of(&sink));
+    c.args(["--list", "list.csv", "--template", "t.eml"]).args([
+        "--report",
+        "/dev/null",
+        "--format",
+        "csv",
+    ]);
+    expect_code(&run(c), 0);
+    assert!(!Path::new("/dev/null.journal").exists());
+}
