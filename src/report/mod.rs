@@ -281,6 +281,19 @@ impl ReportRow {
         })
     }
 
+    /// Where each of [`COLUMNS`] stands in a CSV report's header row (header cells read back
+    /// unguarded); `Err` names the first column missing.
+    pub(crate) fn csv_columns(headers: &csv::StringRecord) -> Result<[usize; 10], &'static str> {
+        let mut cols = [0usize; 10];
+        for (i, col) in COLUMNS.iter().enumerate() {
+            cols[i] = headers
+                .iter()
+                .position(|h| unguard_cell(h.trim()) == *col)
+                .ok_or(*col)?;
+        }
+        Ok(cols)
+    }
+
     /// Parses a CSV record; `cols[i]` is the record index of [`COLUMNS`]`[i]`.
     pub(crate) fn from_csv(rec: &csv::StringRecord, cols: &[usize; 10]) -> Result<Self, String> {
         // Every cell read back to its original text (the writer's formula guard removed).

@@ -9,7 +9,7 @@ use super::journal::{JournalLine, carry_path, journal_path, remove_if_exists};
 use crate::fsutil::{AtomicFile, FsError};
 use time::OffsetDateTime;
 
-use super::{COLUMNS, ReportRow, Status};
+use super::{ReportRow, Status};
 use crate::input::{address_key, bucket_index};
 
 /// An error while loading an earlier report for `--resume`.
@@ -186,17 +186,11 @@ fn read_report(
                     message: e.to_string(),
                 })?
                 .clone();
-            let mut cols = [0usize; 10];
-            for (i, col) in COLUMNS.iter().enumerate() {
-                cols[i] = headers
-                    .iter()
-                    .position(|h| h.trim() == *col)
-                    .ok_or_else(|| ReportError::Parse {
-                        path: name.clone(),
-                        line: 1,
-                        message: format!("the header row has no {col:?} column"),
-                    })?;
-            }
+            let cols = ReportRow::csv_columns(&headers).map_err(|col| ReportError::Parse {
+                path: name.clone(),
+                line: 1,
+                message: format!("the header row has no {col:?} column"),
+            })?;
             let mut rec = csv::StringRecord::new();
             loop {
                 let line = csv.position().line();

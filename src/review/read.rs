@@ -3,12 +3,9 @@
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-
 use super::ReviewError;
-use crate::report::{COLUMNS, ReportRow};
-use crate::text::{printable_str, unguard_cell};
+use crate::report::ReportRow;
+use crate::text::printable_str;
 
 /// Longest JSON line accepted (a pipemail row is well under a kilobyte).
 const MAX_LINE: u64 = 16 << 20;
@@ -97,19 +94,11 @@ impl ReportReader {
                     line: 1,
                     message: printable_str(&e.to_string()).into_owned(),
                 })?;
-                let mut cols = [0usize; 10];
-                for (i, col) in COLUMNS.iter().enumerate() {
-                    cols[i] = headers
-                        .iter()
-                        .position(|h| unguard_cell(h.trim()) == *col)
-                        .ok_or_else(|| ReviewError::Parse {
-                            path: name.clone(),
-                            line: 1,
-                            message: format!(
-                                "not a pipemail report: the header row has no {col:?} column"
-                            ),
-                        })?;
-                }
+                let cols = ReportRow::csv_columns(headers).map_err(|col| ReviewError::Parse {
+                    path: name.clone(),
+                    line: 1,
+                    message: format!("not a pipemail report: the header row has no {col:?} column"),
+                })?;
                 Inner::Csv {
                     reader: Box::new(csv),
                     cols,
@@ -281,7 +270,7 @@ fn csv_step(
                 return Step::Skip;
             }
             let line = record.position().map_or(line, csv::Position::line);
-            match row_from_csv(record, cols) {
+            match ReportRow::from_csv(record, cols) {
                 Ok(row) => Step::Row(row),
                 Err(message) => Step::Bad(ReviewError::Parse {
                     path: name.to_owned(),
@@ -303,35 +292,4 @@ fn csv_step(
             }
         }
     }
-}
-
-/// A CSV record as a row; every cell is unguarded first.
-fn row_from_csv(rec: &csv::StringRecord, cols: &[usize; 10]) -> Result<ReportRow, String> {
-    let get = |i: usize| {
-        rec.get(cols[i])
-            .map(unguard_cell)
-            .ok_or_else(|| format!("missing {}", COLUMNS[i]))
-    };
-    let opt = |i: usize| -> Result<Option<&str>, String> {
-        let v = get(i)?;
-        Ok((!v.is_empty()).then_some(v))
-    };
-    let num_err = |i: usize| move |e: std::num::ParseIntError| format!("{}: {e}", COLUMNS[i]);
-    Ok(ReportRow {
-        row: get(0)?.trim().parse().map_err(num_err(0))?,
-        email: get(1)?.to_owned(),
-        status: get(2)?.parse()?,
-        smtp_code: opt(3)?
-            .map(|v| v.trim().parse())
-            .transpose()
-            .map_err(num_err(3))?,
-        enhanced_code: opt(4)?.map(str::to_owned),
-        response: get(5)?.to_owned(),
-        stage: opt(6)?.map(str::parse).transpose()?,
-        attempts: get(7)?.trim().parse().map_err(num_err(7))?,
-        message_id: get(8)?.to_owned(),
-        finished_at: OffsetDateTime::parse(get(9)?.trim(), &Rfc3339)
-            .map(|t| t.to_offset(time::UtcOffset::UTC))
-            .map_err(|e| format!("finished_at: {e}"))?,
-    })
 }
