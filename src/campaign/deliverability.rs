@@ -86,18 +86,7 @@ impl RowTemplate {
     pub fn render(&self, row: &Row, headers: &[String]) -> Result<String, String> {
         let mut ctx: BTreeMap<&str, minijinja::Value> = BTreeMap::new();
         for c in &self.columns {
-            let v = headers
-                .iter()
-                .position(|h| h == c)
-                .and_then(|i| row.fields.get(i))
-                .map_or("", |v| {
-                    if v.trim() == row.email {
-                        row.email.as_str()
-                    } else {
-                        v.as_str()
-                    }
-                });
-            ctx.insert(c.as_str(), v.into());
+            ctx.insert(c.as_str(), row.column(headers, c).into());
         }
         if self.uses_row {
             ctx.insert("row", row.number.into());

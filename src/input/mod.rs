@@ -173,6 +173,25 @@ pub struct Row {
     pub problem: Option<String>,
 }
 
+impl Row {
+    /// The value of the column `name` (`headers` are the list's column names), `""` when the
+    /// list has no such column or the row is short. The address column gives the trimmed
+    /// address.
+    pub fn column<'a>(&'a self, headers: &[String], name: &str) -> &'a str {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .and_then(|i| self.fields.get(i))
+            .map_or("", |v| {
+                if v.trim() == self.email {
+                    self.email.as_str()
+                } else {
+                    v.as_str()
+                }
+            })
+    }
+}
+
 /// Size of the ring of recently read bytes kept by [`Counting`] (twice the parser's buffer, so a
 /// byte the parser has just consumed is always still there).
 const RECENT: usize = 2 * CSV_BUFFER;

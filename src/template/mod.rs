@@ -477,19 +477,7 @@ impl Template {
     ) -> BTreeMap<&'a str, &'a str> {
         let mut ctx: BTreeMap<&str, &str> = BTreeMap::new();
         for var in &self.variables {
-            let value = headers
-                .iter()
-                .position(|h| h == var)
-                .and_then(|i| row.fields.get(i))
-                .map_or("", |v| {
-                    // The address column: use the trimmed address.
-                    if v.trim() == row.email {
-                        row.email.as_str()
-                    } else {
-                        v.as_str()
-                    }
-                });
-            ctx.insert(var.as_str(), value);
+            ctx.insert(var.as_str(), row.column(headers, var));
         }
         ctx
     }
