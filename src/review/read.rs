@@ -27,7 +27,7 @@ enum Inner {
 /// Reads the rows of one report (CSV, JSON or JSON Lines, detected from the content), one at a
 /// time. Reads what pipemail writes, including what a killed run leaves: a JSON array without
 /// its closing `]`, and a last record cut short (skipped; see [`ReportReader::truncated`]).
-/// CSV cells are read through [`unguard_cell`].
+/// CSV cells are read through [`crate::text::unguard_cell`].
 pub struct ReportReader {
     name: String,
     inner: Inner,
