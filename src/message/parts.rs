@@ -18,7 +18,7 @@ const BOUNDARY_TRIES: usize = 8;
 pub(crate) fn text_body(text: &str, eight_bit: bool) -> Body {
     let mut crlf = Vec::with_capacity(text.len() + text.len() / 32 + 2);
     push_normalized(&mut crlf, text);
-    let fits = !crlf.contains(&0) && crlf.split(|&b| b == b'\n').all(|l| l.len() <= MAX_LINE + 1);
+    let fits = memchr::memchr(0, &crlf).is_none() && lines_fit(&crlf);
     if fits && crlf.is_ascii() {
         return Body::dangerous_pre_encoded(crlf, ContentTransferEncoding::SevenBit);
     }
@@ -43,6 +43,19 @@ pub(crate) fn text_body(text: &str, eight_bit: bool) -> Body {
         Ok(body) => body,
         Err(bytes) => Body::new(bytes),
     }
+}
+
+/// True when no line of `crlf` (every LF ends a line) is longer than [`MAX_LINE`] octets plus
+/// its CR: jumps from LF to LF with `memchr`.
+fn lines_fit(crlf: &[u8]) -> bool {
+    let mut start = 0;
+    for lf in memchr::memchr_iter(b'\n', crlf) {
+        if lf - start > MAX_LINE + 1 {
+            return false;
+        }
+        start = lf + 1;
+    }
+    crlf.len() - start <= MAX_LINE + 1
 }
 
 /// A part of the tree.
