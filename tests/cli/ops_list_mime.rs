@@ -352,3 +352,127 @@ fn dry_run_and_dry_run_output_show_the_composed_messages() {
     );
     assert_eq!(sink.stats().sessions, 0, "nothing connects");
 }
+
+#[test]
+fn postfix_delivers_a_lists_html_attachment_to_row_cc_and_bcc_once_each() {
+    let Some(server) = support::PostfixSmtpd::start() else {
+        return;
+    };
+    let fx = Fx::new();
+    let attachment = binary(20 * 1024);
+    fx.write("data.bin", &attachment);
+    fx.write(
+        "l.csv",
+        "email,subject,text,html,attach,cc,bcc\n\
+         ann@example.net,Report for ann@example.net,Grüße Ann!,<p>Grüße <b>Ann</b> {{ x }}</p>,\
+         data.bin,cc@example.net,bcc@example.org\n\
+         bob@example.org,Report for bob@example.org,Grüße Bob!,<p>Grüße <b>Bob</b> {{ x }}</p>,\
+         data.bin,cc@example.net,bcc@example.org\n",
+    );
+    let mut c = fx.cmd();
+    c.args([
+        "send",
+        "--host",
+        &server.addr().to_string(),
+        "--tls",
+        "none",
+    ])
+    .args(["--helo", "client.test", "--quiet", "--timeout", "60s"])
+    .args(["--list", "l.csv", "--from", "team@example.org"])
+    .args(["--report", "r.csv"]);
+    expect_code(&run(c), 0);
+    let rows = read_report(&fx.path("r.csv"));
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        assert_eq!(r.status, "sent", "{r:?}");
+        assert!(
+            r.response
+                .contains("extra recipients: cc@example.net=250 2.0.0, bcc@example.org=250 2.0.0"),
+            "{r:?}"
+        );
+    }
+    // 2 messages × (row + Cc + Bcc): Postfix's virtual delivery writes one file each.
+    let delivered = server.wait_for_messages(6, Duration::from_secs(60));
+    assert_eq!(delivered.len(), 6, "{}", server.maillog());
+    let mut got: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for raw in &delivered {
+        let text = String::from_utf8_lossy(raw);
+        let to = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Delivered-To: "))
+            .expect("Delivered-To")
+            .trim()
+            .to_owned();
+        let msg = support::strip_delivery_headers(raw);
+        assert!(
+            !String::from_utf8_lossy(msg).contains("bcc@example.org"),
+            "Bcc leaked into the message"
+        );
+        let v = parse(msg);
+        no_defects(&v);
+        assert!(header(&v, "Bcc").is_empty());
+        assert_eq!(header(&v, "Cc"), ["cc@example.net"]);
+        let row_addr = header(&v, "Subject")[0]
+            .trim_start_matches("Report for ")
+            .to_owned();
+        let name = if row_addr == "ann@example.net" {
+            "Ann"
+        } else {
+            "Bob"
+        };
+        let root = &v["root"];
+        assert_eq!(
+            types(root),
+            ["multipart/alternative", "application/octet-stream"]
+        );
+        let alt = &root["parts"][0];
+        assert_eq!(text_of(&alt["parts"][0]), format!("Grüße {name}!\n"));
+        assert_eq!(
+            text_of(&alt["parts"][1]),
+            format!("<p>Grüße <b>{name}</b> {{{{ x }}}}</p>\n")
+        );
+        assert_eq!(payload(&root["parts"][1]), attachment);
+        *got.entry((to, row_addr)).or_default() += 1;
+    }
+    for row in ["ann@example.net", "bob@example.org"] {
+        for to in [row, "cc@example.net", "bcc@example.org"] {
+            assert_eq!(
+                got.get(&(to.to_owned(), row.to_owned())),
+                Some(&1),
+                "{to} got {row}'s message once: {got:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn attach_flag_adds_a_shared_file_and_html_attach_flags_refuse_per_row_templates() {
+    let fx = Fx::new();
+    fx.write("shared.txt", "for everyone\n");
+    fx.write(
+        "l.csv",
+        "email,subject,body\nann@x.example,S,B\nbob@x.example,S,B\n",
+    );
+    let sink = plain_sink();
+    let mut c = fx.send(&host_of(&sink));
+    c.args(["--list", "l.csv", "--from", "me@example.org"])
+        .args(["--attach", "shared.txt"]);
+    expect_code(&run(c), 0);
+    for rcpt in ["ann@x.example", "bob@x.example"] {
+        let v = parse(&stored_for(&sink.messages(), rcpt).data);
+        assert_eq!(types(&v["root"]), ["text/plain", "text/plain"]);
+        assert_eq!(payload(&v["root"]["parts"][1]), b"for everyone\n");
+    }
+    // Templates a `template` column names are sent as rendered: the flags would not apply.
+    fx.write("a.eml", "From: a@example.org\nSubject: A\n\nA\n");
+    fx.write("t.csv", "email,template\nann@x.example,a.eml\n");
+    fx.write("t.html", "<p>x</p>\n");
+    for flags in [["--attach", "shared.txt"], ["--html", "t.html"]] {
+        let mut c = fx.send(&host_of(&sink));
+        c.args(["--list", "t.csv"]).args(flags);
+        let out = run(c);
+        expect_code(&out, 64);
+        assert!(out.stderr.contains("`template` column"), "{out}");
+    }
+    assert_eq!(sink.stats().sessions, 1, "the refused runs connect nowhere");
+}
