@@ -476,3 +476,40 @@ fn attach_flag_adds_a_shared_file_and_html_attach_flags_refuse_per_row_templates
     }
     assert_eq!(sink.stats().sessions, 1, "the refused runs connect nowhere");
 }
+
+#[test]
+fn the_html_sample_list_delivers_to_the_sink() {
+    let fx = Fx::new();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("samples/list-with-html.csv");
+    let sink = plain_sink();
+    let mut c = fx.send(&host_of(&sink));
+    c.arg("--list").arg(&sample).args(["--report", "r.csv"]);
+    expect_code(&run(c), 0);
+    let rows = read_report(&fx.path("r.csv"));
+    assert_eq!(rows.len(), 2);
+    let msgs = sink.messages();
+    assert_eq!(deliveries(&msgs)["archive@example.org"], 2);
+    for (rcpt, plan) in [("ann@example.net", "pro"), ("bob@example.net", "free")] {
+        let m = message_of(&msgs, rcpt);
+        assert_eq!(m.from, "news@example.org");
+        let v = parse(&m.data);
+        no_defects(&v);
+        assert!(header(&v, "Bcc").is_empty());
+        let root = &v["root"];
+        assert_eq!(types(root), ["multipart/related", "text/plain"]);
+        assert_eq!(
+            types(&root["parts"][0]),
+            ["multipart/alternative", "image/png"]
+        );
+        assert_eq!(root["parts"][1]["filename"], format!("{plan}.txt"));
+        let samples = sample.parent().expect("samples/");
+        assert_eq!(
+            payload(&root["parts"][0]["parts"][1]),
+            std::fs::read(samples.join("logo.png")).expect("logo")
+        );
+        assert_eq!(
+            payload(&root["parts"][1]),
+            std::fs::read(samples.join(format!("plans/{plan}.txt"))).expect("plan")
+        );
+    }
+}
