@@ -187,7 +187,19 @@ fn load_row_template(base: &Path, name: &str, headers: &[String]) -> Result<Temp
         ));
     }
     let src = std::fs::read(&full).map_err(|e| format!("template {name:?}: {e}"))?;
-    Template::parse(&src, name, headers).map_err(|e| e.to_string())
+    let t = Template::parse(&src, name, headers).map_err(|e| e.to_string())?;
+    // Sent as rendered: a Bcc field would show its addresses and reach nobody, an Attach
+    // field would be sent as a header, Cc addresses would get no copy.
+    if let Some(field) = t.header_names().iter().find(|h| {
+        ["bcc", "cc", "attach"]
+            .iter()
+            .any(|m| h.eq_ignore_ascii_case(m))
+    }) {
+        return Err(format!(
+            "template {name:?}: its {field}: field needs --template (a template column's templates are sent as rendered)"
+        ));
+    }
+    Ok(t)
 }
 /// The message setup of `send`: `--html` added to the template, `--attach` files checked,
 /// the `Attach:` directory (default: the directory of `template_path`, the template's or,

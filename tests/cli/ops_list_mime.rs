@@ -513,3 +513,38 @@ fn the_html_sample_list_delivers_to_the_sink() {
         );
     }
 }
+
+#[test]
+fn a_template_column_template_with_bcc_cc_or_attach_fails_its_rows_instead_of_leaking() {
+    let fx = Fx::new();
+    fx.write("ok.eml", "From: a@example.org\nSubject: ok\n\nOK\n");
+    fx.write(
+        "bcc.eml",
+        "From: a@example.org\nBcc: hidden@b.example\nSubject: b\n\nB\n",
+    );
+    fx.write(
+        "cc.eml",
+        "From: a@example.org\ncc: copy@c.example\nSubject: c\n\nC\n",
+    );
+    fx.write(
+        "att.eml",
+        "From: a@example.org\nAttach: ok.eml\nSubject: a\n\nA\n",
+    );
+    fx.write(
+        "l.csv",
+        "email,template\nann@x.example,ok.eml\nbob@x.example,bcc.eml\n\
+         cy@x.example,cc.eml\ndee@x.example,att.eml\n",
+    );
+    let sink = plain_sink();
+    let mut c = fx.send(&host_of(&sink));
+    c.args(["--list", "l.csv", "--report", "r.csv"]);
+    expect_code(&run(c), 1);
+    let rows = read_report(&fx.path("r.csv"));
+    assert_eq!(row_for(&rows, "ann@x.example").status, "sent");
+    failed_at_input(&rows, "bob@x.example", "its Bcc: field needs --template");
+    failed_at_input(&rows, "cy@x.example", "its cc: field needs --template");
+    failed_at_input(&rows, "dee@x.example", "its Attach: field needs --template");
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].rcpts, ["ann@x.example"]);
+}
