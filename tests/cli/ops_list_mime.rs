@@ -127,6 +127,12 @@ fn attach_column_files_arrive_byte_equal_and_escapes_fail_only_their_row() {
     fx.write("secret.txt", "TOP SECRET CONTENT");
     std::os::unix::fs::symlink("../secret.txt", fx.path("lists/link.txt")).expect("symlink");
     let absolute = fx.path("secret.txt").display().to_string();
+    // Unreadable as such: a FIFO (opening it must not wait for a writer) and a directory.
+    let mkfifo = std::process::Command::new("mkfifo")
+        .arg(fx.path("lists/files/pipe"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(mkfifo.success());
     fx.write(
         "lists/l.csv",
         format!(
@@ -137,7 +143,9 @@ fn attach_column_files_arrive_byte_equal_and_escapes_fail_only_their_row() {
              dee@x.example,Link,Body D,link.txt\n\
              eve@x.example,Missing,Body E,files/none.pdf\n\
              fay@x.example,None,Body F,\n\
-             gus@x.example,One of two bad,Body G,files/note.txt;../secret.txt\n"
+             gus@x.example,One of two bad,Body G,files/note.txt;../secret.txt\n\
+             hal@x.example,Fifo,Body H,files/pipe\n\
+             ida@x.example,Dir,Body I,files\n"
         ),
     );
     let sink = plain_sink();
@@ -147,7 +155,7 @@ fn attach_column_files_arrive_byte_equal_and_escapes_fail_only_their_row() {
     let out = run(c);
     expect_code(&out, 1);
     let rows = read_report(&fx.path("r.csv"));
-    assert_eq!(rows.len(), 7, "every row once");
+    assert_eq!(rows.len(), 9, "every row once");
     for email in ["ann@x.example", "fay@x.example"] {
         assert_eq!(row_for(&rows, email).status, "sent", "{rows:?}");
     }
@@ -156,6 +164,8 @@ fn attach_column_files_arrive_byte_equal_and_escapes_fail_only_their_row() {
     failed_at_input(&rows, "dee@x.example", "outside the attachment directory");
     failed_at_input(&rows, "eve@x.example", "no such file");
     failed_at_input(&rows, "gus@x.example", "outside the attachment directory");
+    failed_at_input(&rows, "hal@x.example", "not a regular file");
+    failed_at_input(&rows, "ida@x.example", "not a regular file");
 
     let msgs = sink.messages();
     assert_eq!(msgs.len(), 2, "ann and fay");
@@ -183,13 +193,13 @@ fn attach_column_files_arrive_byte_equal_and_escapes_fail_only_their_row() {
     fx.write("other/report.pdf", b"other pdf");
     fx.write(
         "lists/m.csv",
-        "email,subject,body,attach\nhal@x.example,S,B,report.pdf\n",
+        "email,subject,body,attach\njon@x.example,S,B,report.pdf\n",
     );
     let mut c = fx.send(&host_of(&sink));
     c.args(["--list", "lists/m.csv", "--from", "me@example.org"])
         .args(["--attach-dir", "other"]);
     expect_code(&run(c), 0);
-    let v = parse(&stored_for(&sink.messages(), "hal@x.example").data);
+    let v = parse(&stored_for(&sink.messages(), "jon@x.example").data);
     assert_eq!(payload(&v["root"]["parts"][1]), b"other pdf");
 }
 
