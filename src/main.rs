@@ -19,6 +19,11 @@ use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
 use exit::{Exit, Failure, fail};
 
+/// mimalloc instead of glibc's malloc: about 85 allocations per message (rows, rendered
+/// messages, report cells) made malloc and free a quarter of the instructions per message.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // The config file's settings join the command line before clap parses it for real.
     let layered = match profile::layer(std::env::args_os().collect()) {
