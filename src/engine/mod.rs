@@ -49,6 +49,7 @@
 //! [`Session`] and import `session`, never the reverse.
 
 pub mod body;
+mod closing;
 pub mod command;
 pub mod config;
 pub mod ehlo;
@@ -59,6 +60,7 @@ pub mod outcome;
 pub mod pipeline;
 mod planner;
 pub mod reply;
+mod resets;
 pub mod session;
 mod stepdown;
 #[cfg(test)]
