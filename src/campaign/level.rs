@@ -246,6 +246,17 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_transaction_is_learned_once_and_leaves_the_level() {
+        let h = host();
+        assert!(!h.keeps_refused(), "hosts start with the full window");
+        assert!(h.kept_transaction(), "the first session that sees it");
+        assert!(!h.kept_transaction(), "no news after that");
+        assert!(h.keeps_refused());
+        assert_eq!(h.current(), PipeliningLevel::CrossMessage);
+        assert_eq!(h.last_change(), None);
+    }
+
+    #[test]
     fn the_second_drop_lowers_the_level() {
         let h = host();
         assert_eq!(h.dropped(Verb::Mail, true), (1, None), "once is chance");

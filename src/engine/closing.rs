@@ -4,9 +4,13 @@
 //!   socket failed): a message whose final dot / `BDAT … LAST` was written and not answered
 //!   is `Unknown` (the server may have taken it); one not committed yet is `Deferred`.
 //! - **Closing reply**: the server said 421 (after the handshake), or its last reply
-//!   refused (4yz/5yz) a command that is not an end of data or QUIT and the connection
-//!   then closed with nothing more read (Exim: `554 Too many nonmail commands` to a RSET,
-//!   `503 Too many syntax or protocol errors` to a MAIL, then it drops the connection).
+//!   refused (4yz/5yz) a MAIL, RSET, DATA, NOOP… (not RCPT, an end of data or QUIT) and the
+//!   connection then closed with nothing more read (Exim: `554 Too many nonmail commands`
+//!   to a RSET, `503 Too many syntax or protocol errors` to a MAIL, then it drops the
+//!   connection). A refused RCPT does not count: it is an ordinary answer about one
+//!   recipient, and the command right behind the last RCPT is the `BDAT … LAST` that a
+//!   server may execute (store the message) and then drop before replying, so that EOF is
+//!   plain. No end of data ever directly follows a MAIL, RSET, NOOP or refused DATA.
 //!   Replies come in the order of the commands (RFC 2920 §3.1), so every command written
 //!   before the one the closing reply answered was answered too, and nothing written after
 //!   it was executed. Hence: a recipient decided by a reply keeps that outcome (an end of

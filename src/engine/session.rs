@@ -113,8 +113,8 @@ pub struct Session {
     /// The server said 421, or (set at EOF) its last reply refused a command that is not an
     /// end of data: nothing written after that command was executed (see `closing.rs`).
     pub(super) closing_reply: bool,
-    /// The last reply refused (4yz/5yz) a command other than an end of data or QUIT after the
-    /// handshake: should the server close now, it was a closing reply.
+    /// The last reply refused (4yz/5yz) a command other than RCPT, an end of data or QUIT
+    /// after the handshake: should the server close now, it was a closing reply.
     pub(super) last_refusal: Option<Reply>,
     /// An ungated RSET was refused: nothing more is written; the next reply ends the session
     /// with this error, and an EOF makes the refusal a closing reply.
@@ -452,7 +452,7 @@ impl Session {
         }
         self.last_refusal = ((reply.is_transient() || reply.is_permanent())
             && !p.what.is_end_of_data()
-            && p.what != Awaiting::Quit
+            && !matches!(verb, Verb::Rcpt | Verb::Quit)
             && matches!(self.phase, Phase::Ready | Phase::Quitting))
         .then(|| reply.clone());
         let closing = reply.code == 421;
