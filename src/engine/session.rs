@@ -640,7 +640,7 @@ impl Session {
         self.events.push_back(Event::MessageDone(msg.id));
     }
 
-    pub(super) fn arm(&mut self, now: Instant) {
+    fn arm(&mut self, now: Instant) {
         let t = &self.cfg.timeouts;
         self.deadline = self.in_flight.front().map(|p| {
             now + match p.what {
