@@ -533,3 +533,64 @@ fn refusing_after_the_dot_scripted() {
         &run,
     );
 }
+
+/// A closing reply costs no attempt (issue 11): `pipemail sink` answers the fifth MAIL of
+/// its first session with 421 and closes. The row of that MAIL is `deferred` by the 421
+/// (`--retries 0`); the messages pipelined behind it go back to the queue unexecuted and are
+/// sent on another connection: every other row `sent`, nothing `unknown`, every sent row
+/// stored exactly once.
+#[test]
+fn a_closing_reply_mid_window_costs_no_attempt() {
+    use std::io::BufRead as _;
+    let store = tempfile::tempdir().expect("tempdir");
+    let maildir = store.path().join("Maildir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pipemail"))
+        .args(["sink", "--listen", "127.0.0.1:0", "--fault", "421=13@0"])
+        .arg("--maildir")
+        .arg(&maildir)
+        .env_remove("HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pipemail sink");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read stderr");
+    let addr: SocketAddr = line
+        .strip_prefix("pipemail sink: listening on ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let run = send(addr, &["--tls", "none"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(run.report.len() as u64, ROWS, "stderr:\n{}", run.stderr);
+    let deferred: Vec<&ReportRow> = run
+        .report
+        .iter()
+        .filter(|r| r.status != Status::Sent)
+        .collect();
+    assert_eq!(deferred.len(), 1, "{deferred:?}\nstderr:\n{}", run.stderr);
+    assert_eq!(deferred[0].status, Status::Deferred, "{deferred:?}");
+    assert_eq!(deferred[0].smtp_code, Some(421), "{deferred:?}");
+    assert!(
+        run.report.iter().all(|r| r.attempts == 1),
+        "an attempt too many"
+    );
+    let mut got: HashMap<u64, u32> = HashMap::new();
+    for dir in ["new", "cur"] {
+        let Ok(entries) = std::fs::read_dir(maildir.join(dir)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let data = std::fs::read(e.path()).expect("stored message");
+            let row = x_row(&data).expect("X-Row header");
+            *got.entry(row).or_default() += 1;
+        }
+    }
+    let mut rows: Vec<u64> = got.keys().copied().collect();
+    rows.sort_unstable();
+    assert_eq!(rows, sent_rows(&run), "stored rows");
+    assert!(got.values().all(|&n| n == 1), "a row stored twice");
+}
