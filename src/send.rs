@@ -67,6 +67,24 @@ fn write_evidence(
             verb,
             ordinal(pipemail::campaign::DROPS_TO_STEP_DOWN)
         ),
+        LevelReason::KeptTransaction { command, reply } => {
+            write!(
+                out,
+                "pipemail: {target}: the server kept a refused transaction open: "
+            )?;
+            if let Some(c) = command {
+                write!(out, "C: {} ", printable_str(c))?;
+            }
+            writeln!(
+                out,
+                "S: {}; RSET before every pipelined MAIL, a budget of refused transactions per session",
+                printable_str(&reply.to_string())
+            )
+        }
+        LevelReason::RsetBudget { refused, budget } => writeln!(
+            out,
+            "pipemail: {target}: {refused} transactions refused on this session (budget {budget}; each may cost the server's count of non-mail commands): quitting, the rest goes on a new session"
+        ),
     }
 }
 

@@ -10,14 +10,23 @@
 //! [`PipeliningLevel::WithinMessage`]: once is chance. It never goes up during a run; a new
 //! run, `--resume`d or not, starts at the level of its engine config
 //! ([`crate::engine::Config::pipelining_level`]) and re-learns on its first messages.
+//!
+//! Learned the same way, without changing the level: a server that keeps a refused
+//! transaction open ([`Event::KeptTransaction`](crate::engine::Event::KeptTransaction),
+//! Exim). Every later session to the host starts with
+//! [`Config::rset_before_mail`](crate::engine::Config::rset_before_mail): RSET before every
+//! pipelined MAIL, and a cap on the refused transactions a session risks (the server counts
+//! each RSET behind one as a non-mail command and drops the session past its limit).
+//! Hosts that never showed it keep the full window.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::driver::Target;
 use crate::engine::{PipeliningLevel, StepDown};
 
-/// Why the run lowered the level.
+/// Why the run lowered the level, or what else a session learned about the host's
+/// pipelining (`-v` evidence).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LevelReason {
     /// The server refused a command for its place in the pipeline.
@@ -29,6 +38,25 @@ pub enum LevelReason {
         drops: u32,
         /// The first unanswered command of the last drop.
         verb: crate::engine::Verb,
+    },
+    /// The server kept a refused transaction open
+    /// ([`Event::KeptTransaction`](crate::engine::Event::KeptTransaction)): RSET goes before
+    /// every pipelined MAIL, and sessions cap the refused transactions they risk. The level
+    /// stays.
+    KeptTransaction {
+        /// The MAIL command as sent, when the transcript is on.
+        command: Option<String>,
+        /// The reply that showed it.
+        reply: crate::engine::Reply,
+    },
+    /// A session stopped writing messages at its RSET budget
+    /// ([`Event::RsetBudgetSpent`](crate::engine::Event::RsetBudgetSpent)) and quit; the rest
+    /// goes on a new session.
+    RsetBudget {
+        /// Transactions refused on that session.
+        refused: u32,
+        /// The budget.
+        budget: u32,
     },
 }
 
@@ -59,6 +87,9 @@ impl LevelChange {
             LevelReason::Dropped { drops, .. } => {
                 format!("server closed the connection after end of data ({drops} times)")
             }
+            LevelReason::KeptTransaction { .. } | LevelReason::RsetBudget { .. } => {
+                "server keeps refused transactions open".to_string()
+            }
         };
         format!("{why}: {}", level_text(self.to, self.bdat))
     }
@@ -86,6 +117,8 @@ pub(super) struct HostLevel {
     target: Target,
     state: Mutex<State>,
     drops: AtomicU32,
+    /// A session saw the server keep a refused transaction open.
+    keeps: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -103,6 +136,7 @@ impl HostLevel {
                 last: None,
             }),
             drops: AtomicU32::new(0),
+            keeps: AtomicBool::new(false),
         }
     }
 
@@ -112,6 +146,18 @@ impl HostLevel {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .level
+    }
+
+    /// True once a session saw the server keep a refused transaction open: every new
+    /// session starts with `Config::rset_before_mail` (RSET before every pipelined MAIL,
+    /// within a budget of refused transactions per session).
+    pub(super) fn keeps_refused(&self) -> bool {
+        self.keeps.load(Ordering::SeqCst)
+    }
+
+    /// A session saw the server keep a refused transaction open. True the first time.
+    pub(super) fn kept_transaction(&self) -> bool {
+        !self.keeps.swap(true, Ordering::SeqCst)
     }
 
     /// The last lowering, if the run lowered the level.
@@ -197,6 +243,17 @@ mod tests {
         assert_eq!(h.dropped(Verb::Mail, false).1, None);
         assert_eq!(h.dropped(Verb::Mail, false).1, None, "already there");
         assert_eq!(h.current(), PipeliningLevel::WithinMessage);
+    }
+
+    #[test]
+    fn a_kept_transaction_is_learned_once_and_leaves_the_level() {
+        let h = host();
+        assert!(!h.keeps_refused(), "hosts start with the full window");
+        assert!(h.kept_transaction(), "the first session that sees it");
+        assert!(!h.kept_transaction(), "no news after that");
+        assert!(h.keeps_refused());
+        assert_eq!(h.current(), PipeliningLevel::CrossMessage);
+        assert_eq!(h.last_change(), None);
     }
 
     #[test]

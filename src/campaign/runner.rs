@@ -335,6 +335,7 @@ async fn worker(ctx: &Ctx) {
         // Each session starts at the level the run learned for the host.
         let mut connect = ctx.connect.clone();
         connect.session.pipelining_level = ctx.level.current();
+        connect.session.rset_before_mail = ctx.level.keeps_refused();
         let end = match Connection::open(&connect).await {
             Ok(conn) => run_session(ctx, conn).await,
             Err(e) => SessionEnd {

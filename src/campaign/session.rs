@@ -59,6 +59,8 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
     let batch = ctx.queue.lock().config().batch_recipients.max(1);
     // Lowered when the server refuses recipients beyond a limit of its own.
     let mut batch_limit = batch;
+    // Jobs the engine handed back unexecuted: queued again, no attempt counted.
+    let mut returned: Vec<Job> = Vec::new();
     loop {
         // Events first: outcomes free window slots.
         while let Some(ev) = conn.session().poll_event() {
@@ -80,7 +82,20 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                     }
                 }
                 Event::Exchange(x) => ctx.observer.exchange(&x),
-                Event::Recipient(o) => on_outcome(ctx, &mut inflight, o, &mut batch_limit),
+                Event::Recipient(o) => {
+                    on_outcome(ctx, &mut inflight, o, &mut batch_limit, &mut returned);
+                }
+                Event::KeptTransaction { command, reply } => {
+                    ctx.level.kept_transaction();
+                    let evidence = LevelReason::KeptTransaction { command, reply };
+                    ctx.observer
+                        .pipelining_evidence(&ctx.connect.target, &evidence);
+                }
+                Event::RsetBudgetSpent { refused, budget } => {
+                    let evidence = LevelReason::RsetBudget { refused, budget };
+                    ctx.observer
+                        .pipelining_evidence(&ctx.connect.target, &evidence);
+                }
                 Event::SteppedDown(sd) => {
                     let bdat = conn.session_ref().bdat_mode();
                     let evidence = LevelReason::Refused(sd.clone());
@@ -105,6 +120,14 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                 Event::Closed(e) => end_error = e,
                 _ => {}
             }
+        }
+        if !returned.is_empty() {
+            let mut q = ctx.queue.lock();
+            for job in returned.drain(..).rev() {
+                q.requeue_front(job);
+            }
+            drop(q);
+            ctx.queue.notify.notify_waiters();
         }
         // The rows of these replies, in one write, before anything more is committed.
         ctx.flush_reports();
@@ -334,6 +357,7 @@ fn on_outcome(
     inflight: &mut HashMap<u64, InFlight>,
     o: RcptOutcome,
     batch_limit: &mut usize,
+    returned: &mut Vec<Job>,
 ) {
     let Some(f) = inflight.get_mut(&o.message) else {
         return;
@@ -353,6 +377,8 @@ fn on_outcome(
             f.too_many.push((job, o));
         } else if f.extras > 0 {
             f.own = Some((job, o));
+        } else if o.returned && !ctx.stopped() {
+            returned.push(job);
         } else {
             let message_id = f.message_id.clone();
             finish_job(ctx, job, &o, message_id, Vec::new());
@@ -365,6 +391,22 @@ fn on_outcome(
         return;
     };
     if let Some((job, o)) = f.own.take() {
+        if o.returned && !ctx.stopped() {
+            // As for a retry: the extra recipients decided for good are not sent again.
+            let done: Vec<(String, String)> = std::mem::take(&mut f.extra)
+                .into_iter()
+                .filter(|(_, done, _)| *done)
+                .map(|(addr, _, text)| (addr, text))
+                .collect();
+            if !done.is_empty() {
+                lock(&ctx.extras_done)
+                    .entry(job.row.number)
+                    .or_default()
+                    .extend(done);
+            }
+            returned.push(job);
+            return;
+        }
         finish_job(
             ctx,
             job,

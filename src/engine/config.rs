@@ -169,6 +169,12 @@ pub struct Config {
     /// The pipelining level the session starts at (a campaign passes the level it learned
     /// for this host on earlier connections). It only steps down from here.
     pub pipelining_level: PipeliningLevel,
+    /// The server is known to keep a refused transaction open (Exim after `503 Valid RCPT
+    /// command must precede BDAT`; a campaign passes what it learned for this host): RSET
+    /// precedes every MAIL written behind an unanswered end of data from the start, and the
+    /// session caps the RSETs the server could count as non-mail commands (see
+    /// [`Event::RsetBudgetSpent`](super::Event::RsetBudgetSpent)).
+    pub rset_before_mail: bool,
 }
 
 impl Default for Config {
@@ -186,6 +192,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             transcript: false,
             pipelining_level: PipeliningLevel::CrossMessage,
+            rset_before_mail: false,
         }
     }
 }

@@ -57,6 +57,31 @@ pub enum Event {
         /// The first unanswered command written after the end of data.
         verb: Verb,
     },
+    /// The server kept a refused transaction open: the next message's MAIL, pipelined behind
+    /// it, got a "bad sequence" reply (Exim 4.96: `503 sender already given` after `503 Valid
+    /// RCPT command must precede BDAT`) and its RCPT and data joined that transaction. From
+    /// now on RSET precedes every MAIL written behind an unanswered end of data, and the
+    /// session caps the RSETs the server could count as non-mail commands. A caller should
+    /// start new sessions to that host with `Config::rset_before_mail`.
+    KeptTransaction {
+        /// The MAIL command as sent (only with `Config::transcript`).
+        command: Option<String>,
+        /// Its reply.
+        reply: Reply,
+    },
+    /// With `Config::rset_before_mail` (or after [`Event::KeptTransaction`]) every refused
+    /// transaction may cost a non-mail command on the server's count (Exim drops the
+    /// connection past `smtp_accept_max_nonmail`, 10): this many were refused on this
+    /// session, the budget. The session writes no more messages: it finishes what is in
+    /// flight and quits; messages not written yet are reported `returned` (sent again on a
+    /// new session, no attempt counted).
+    RsetBudgetSpent {
+        /// Transactions refused on this session.
+        refused: u32,
+        /// The budget: non-mail commands the session may still cost (the server's limit,
+        /// less the handshake's EHLO/HELO/STARTTLS, less one).
+        budget: u32,
+    },
     /// The session is over: `None` after a clean QUIT.
     Closed(Option<SessionError>),
 }

@@ -16,6 +16,12 @@ impl Session {
     /// Records a handshake command an encoder appended to `hs_out` from `start`; `shown` is
     /// what the transcript says instead of the wire text (secrets).
     fn push_handshake(&mut self, what: Awaiting, start: usize, shown: Option<&str>) {
+        if matches!(
+            what,
+            Awaiting::Handshake(Verb::Ehlo | Verb::Helo | Verb::StartTls)
+        ) {
+            self.nonmail += 1; // see `resets.rs`
+        }
         let line = self.cfg.transcript.then(|| match shown {
             Some(s) => s.to_string(),
             None => line_text(&self.hs_out[start..]),

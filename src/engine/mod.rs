@@ -46,9 +46,12 @@
 //! and `outcome` build on them; `config`, `error` and `event` on those; `session` holds the
 //! state, the public API and the reply dispatch; `handshake` and `planner` add the
 //! handshake, the group planner and the step-down on refused pipelining (`stepdown`) to
-//! [`Session`] and import `session`, never the reverse.
+//! [`Session`], `closing` how a session ends (closing replies: messages written behind one
+//! are [`RcptOutcome::returned`]) and `resets` the RSET budget for servers that keep
+//! refused transactions open; they import `session`, never the reverse.
 
 pub mod body;
+mod closing;
 pub mod command;
 pub mod config;
 pub mod ehlo;
@@ -59,6 +62,7 @@ pub mod outcome;
 pub mod pipeline;
 mod planner;
 pub mod reply;
+mod resets;
 pub mod session;
 mod stepdown;
 #[cfg(test)]

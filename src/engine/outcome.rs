@@ -72,6 +72,13 @@ pub struct RcptOutcome {
     pub reply: Option<Reply>,
     /// A local explanation when there is no reply, or in addition to it.
     pub note: Option<String>,
+    /// The server never executed this recipient's commands: the session ended with a
+    /// closing reply (421, or a refusal followed by the server closing the connection) to a
+    /// command written before them, or the session stopped taking messages before writing
+    /// them (see [`Event::RsetBudgetSpent`](super::Event::RsetBudgetSpent)). Always
+    /// [`Delivery::Deferred`]; a caller that can open another session sends the message again
+    /// there without counting this as an attempt.
+    pub returned: bool,
 }
 
 impl RcptOutcome {
@@ -171,6 +178,10 @@ pub(super) struct Msg {
     pub(super) mail_line: Option<String>,
     /// BDAT mode: RSET was asked for as soon as every RCPT failed (not again at BDAT's reply).
     pub(super) rset_asked: bool,
+    /// A RSET was written right behind this message's commands (see `resets.rs`).
+    pub(super) rset_behind: bool,
+    /// Its end of data got a positive reply: the server received the message.
+    pub(super) received: bool,
 }
 
 impl Msg {
@@ -195,6 +206,8 @@ impl Msg {
             joined: false,
             mail_line: None,
             rset_asked: false,
+            rset_behind: false,
+            received: false,
         }
     }
 

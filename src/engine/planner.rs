@@ -12,6 +12,9 @@ use super::session::{Phase, Session};
 
 impl Session {
     pub(super) fn plan(&mut self, out: &mut Vec<u8>) {
+        if self.rset_refused.is_some() {
+            return; // see `closing.rs`
+        }
         let pipelining = self.pipelining();
         let bdat = self.bdat_mode();
         loop {
@@ -88,8 +91,11 @@ impl Session {
                 }
                 continue;
             }
+            // A server that keeps refused transactions may count each RSET (`resets.rs`).
+            self.rset_budget_spent();
             if self.rset_needed {
                 self.rset_needed = false;
+                self.rset_written();
                 // DATA mode pipelines RSET with the next envelope: nothing of that message is
                 // committed before DATA's 354, which arrives after RSET's reply, so a refused
                 // RSET can still end the session in time. A BDAT chunk would be committed in
@@ -118,7 +124,12 @@ impl Session {
                 }
                 if self.rset_before_mail && pipelining && self.in_flight.has_eod() {
                     // The server once kept a failed transaction open: reset whatever the
-                    // end of data in flight leaves behind (ungated; see `stepdown.rs`).
+                    // end of data in flight leaves behind (ungated; see `stepdown.rs`),
+                    // within the budget of RSETs it may count (`resets.rs`).
+                    if !self.rset_fits() {
+                        break;
+                    }
+                    self.rset_written();
                     let start = out.len();
                     command::rset(out);
                     self.record(Awaiting::Rset(false), out, start);

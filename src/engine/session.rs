@@ -88,7 +88,7 @@ pub struct Session {
     pub(super) phase: Phase,
     pub(super) caps: Capabilities,
     pub(super) tls_active: bool,
-    parser: ReplyParser,
+    pub(super) parser: ReplyParser,
     pub(super) in_flight: InFlight,
     pub(super) queue: VecDeque<Message>,
     /// Messages refused for a pipelining reason, sent again before `queue`.
@@ -108,15 +108,29 @@ pub struct Session {
     /// Error to report once QUIT is answered (a refusal decided locally).
     pub(super) quit_error: Option<SessionError>,
     rt: RoundTrips,
-    deadline: Option<Instant>,
+    pub(super) deadline: Option<Instant>,
     pub(super) committed_octets: usize,
-    closing_reply: bool,
+    /// The server said 421, or (set at EOF) its last reply refused a command that is not an
+    /// end of data: nothing written after that command was executed (see `closing.rs`).
+    pub(super) closing_reply: bool,
+    /// The last reply refused (4yz/5yz) a command other than RCPT, an end of data or QUIT
+    /// after the handshake: should the server close now, it was a closing reply.
+    pub(super) last_refusal: Option<Reply>,
+    /// An ungated RSET was refused: nothing more is written; the next reply ends the session
+    /// with this error, and an EOF makes the refusal a closing reply.
+    pub(super) rset_refused: Option<SessionError>,
+    /// Non-mail commands of the handshake (EHLO, HELO, STARTTLS): see `resets.rs`.
+    pub(super) nonmail: u32,
+    /// Transactions of this session that ended without the server receiving the message.
+    pub(super) refused_txns: u32,
+    /// The RSET budget is spent: no more messages are written (see `resets.rs`).
+    pub(super) budget_spent: bool,
     /// Handshake commands decided while handling replies, sent by the next `poll_transmit`.
     pub(super) hs_out: Vec<u8>,
     /// Messages whose final dot / `BDAT LAST` the last `poll_transmit` appended.
     pub(super) committed: Vec<MessageId>,
     /// The last reply was a 2xx to a final dot / `BDAT … LAST`.
-    last_reply_eod_ok: bool,
+    pub(super) last_reply_eod_ok: bool,
     pub(super) level: PipeliningLevel,
     /// The stage a message would fail at if the session ended now (TLS, AUTH, connect).
     pub(super) handshake_stage: Stage,
@@ -130,6 +144,7 @@ impl Session {
             deadline: Some(now + cfg.timeouts.greeting),
             tls_active: cfg.tls == TlsPolicy::Implicit,
             level: cfg.pipelining_level,
+            rset_before_mail: cfg.rset_before_mail,
             cfg,
             phase: Phase::Greeting,
             caps: Capabilities::default(),
@@ -143,13 +158,17 @@ impl Session {
             events: VecDeque::new(),
             rset_needed: false,
             txn_open: false,
-            rset_before_mail: false,
             flush_requested: false,
             quit_requested: false,
             quit_error: None,
             rt: RoundTrips::default(),
             committed_octets: 0,
             closing_reply: false,
+            last_refusal: None,
+            rset_refused: None,
+            nonmail: 0,
+            refused_txns: 0,
+            budget_spent: false,
             hs_out: Vec::new(),
             committed: Vec::new(),
             last_reply_eod_ok: false,
@@ -204,7 +223,7 @@ impl Session {
         }
         let cross = self.level == PipeliningLevel::CrossMessage;
         let target = if self.phase == Phase::Ready && self.bdat_mode() && cross {
-            self.cfg.window.max(1)
+            self.window_target()
         } else {
             1
         };
@@ -320,26 +339,10 @@ impl Session {
         }
     }
 
-    /// The server closed the connection (read returned 0) or the socket failed.
+    /// The server closed the connection (read returned 0) or the socket failed. After a
+    /// closing reply the messages written behind it are `returned` (see `closing.rs`).
     pub fn handle_eof(&mut self) {
-        if self.phase == Phase::Closed {
-            return;
-        }
-        if self.phase == Phase::Quitting && self.in_flight.all(Awaiting::Quit) {
-            let err = self.quit_error.take();
-            return self.close(err);
-        }
-        if let Some(p) = self
-            .in_flight
-            .front()
-            .filter(|p| self.last_reply_eod_ok && p.after_eod)
-        {
-            self.events.push_back(Event::ClosedAfterEndOfData {
-                level: self.level,
-                verb: p.what.verb(),
-            });
-        }
-        self.close(Some(SessionError::Closed));
+        self.on_eof();
     }
 
     /// The driver could not read or write: ends the session with that error.
@@ -406,6 +409,10 @@ impl Session {
 
 impl Session {
     fn on_reply(&mut self, reply: Reply, now: Instant) {
+        if let Some(e) = self.rset_refused.take() {
+            // The server went on after refusing an ungated RSET (see `closing.rs`).
+            return self.close(Some(e));
+        }
         self.rt.lockstep += 1;
         let Some(p) = self.in_flight.pop() else {
             let e = ProtocolError::UnexpectedReply(reply.to_string());
@@ -443,6 +450,11 @@ impl Session {
                 recipient,
             }));
         }
+        self.last_refusal = ((reply.is_transient() || reply.is_permanent())
+            && !p.what.is_end_of_data()
+            && !matches!(verb, Verb::Rcpt | Verb::Quit)
+            && matches!(self.phase, Phase::Ready | Phase::Quitting))
+        .then(|| reply.clone());
         let closing = reply.code == 421;
         if closing {
             self.closing_reply = true;
@@ -469,10 +481,13 @@ impl Session {
                     };
                     if gated {
                         self.quit_with(e.into());
-                    } else {
-                        // The next envelope is already out: close without another byte (no
-                        // QUIT, which a server that took that DATA would read as content).
+                    } else if self.in_flight.is_empty() {
                         return self.close(Some(e.into()));
+                    } else {
+                        // The next envelope is already out: write nothing more (no QUIT,
+                        // which a server that took that DATA would read as content); the
+                        // next reply ends the session, an EOF makes this a closing reply.
+                        self.rset_refused = Some(e.into());
                     }
                 }
             }
@@ -539,6 +554,7 @@ impl Session {
                 }
             }
             Verb::Body => {
+                self.active[i].received = reply.is_positive();
                 self.report_envelope(i, Some((Stage::Body, &reply)));
                 self.finish(i);
             }
@@ -549,6 +565,7 @@ impl Session {
                     self.txn_open = true;
                 }
                 self.committed_octets -= self.active[i].octets;
+                self.active[i].received = reply.is_positive();
                 self.report_envelope(i, Some((Stage::Body, &reply)));
                 self.finish(i);
             }
@@ -557,7 +574,7 @@ impl Session {
     }
 
     /// Reports every recipient whose fate is known (see [`Msg::settled`]).
-    fn report_envelope(&mut self, i: usize, last: Option<(Stage, &Reply)>) {
+    pub(super) fn report_envelope(&mut self, i: usize, last: Option<(Stage, &Reply)>) {
         for (idx, delivery, stage, reply) in self.active[i].settled(last) {
             self.report(i, idx, delivery, stage, Some(reply), None);
         }
@@ -585,12 +602,14 @@ impl Session {
             stage,
             reply,
             note,
+            returned: false,
         }));
     }
 
     /// Removes a resolved message; every recipient must have been reported.
-    fn finish(&mut self, i: usize) {
+    pub(super) fn finish(&mut self, i: usize) {
         let m = self.active.remove(i).expect("index from index_of");
+        self.refused_txns += u32::from(!m.received);
         debug_assert!(
             m.reported.iter().all(|&r| r),
             "unreported recipient in {m:?}"
@@ -615,62 +634,10 @@ impl Session {
                 stage,
                 reply: None,
                 note: Some(note.to_string()),
+                returned: false,
             }));
         }
         self.events.push_back(Event::MessageDone(msg.id));
-    }
-
-    pub(super) fn close(&mut self, err: Option<SessionError>) {
-        if self.phase == Phase::Closed {
-            return;
-        }
-        let unsent_stage = match err.as_ref().map(SessionError::stage) {
-            Some(s) if s != Stage::Connect => s,
-            _ => self.handshake_stage,
-        };
-        self.phase = Phase::Closed;
-        self.deadline = None;
-        let why = err
-            .as_ref()
-            .map_or_else(|| "session ended".to_string(), ToString::to_string);
-        while !self.active.is_empty() {
-            // Known rejections stay rejections.
-            self.report_envelope(0, None);
-            let m = &self.active[0];
-            let unreported: Vec<usize> = (0..m.to.len()).filter(|&k| !m.reported[k]).collect();
-            // A refused MAIL means the server took nothing of that message.
-            let committed = m.state == MsgState::Committed && !m.refused;
-            let stage = if committed {
-                Stage::Body
-            } else if m.mail.is_none() {
-                Stage::Mail
-            } else if m.state == MsgState::BodyHeld {
-                Stage::Data
-            } else {
-                Stage::Rcpt
-            };
-            for k in unreported {
-                let (delivery, note) = if committed && !self.closing_reply {
-                    (
-                        Delivery::Unknown,
-                        format!(
-                            "delivery unknown: the message was sent but the session ended before the server's reply ({why})"
-                        ),
-                    )
-                } else {
-                    (Delivery::Deferred, format!("not delivered: {why}"))
-                };
-                self.report(0, k, delivery, stage, None, Some(note));
-            }
-            self.finish(0);
-        }
-        while let Some(msg) = self.retry.pop_front().or_else(|| self.queue.pop_front()) {
-            let note = format!("not sent: {why}");
-            self.fail_unsent(msg, unsent_stage, &note);
-        }
-        self.in_flight.clear();
-        self.raw.clear();
-        self.events.push_back(Event::Closed(err));
     }
 
     fn arm(&mut self, now: Instant) {

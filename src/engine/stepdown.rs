@@ -105,7 +105,13 @@ impl Session {
         }
         let accepted = m.accepted_any();
         if m.joined && accepted {
-            self.rset_before_mail = true;
+            if !self.rset_before_mail {
+                self.rset_before_mail = true;
+                let reply = m.mail.clone().unwrap_or_else(|| Reply::new(503, ""));
+                let command = m.mail_line.clone();
+                self.events
+                    .push_back(Event::KeptTransaction { command, reply });
+            }
         } else if m.joined {
             let all_refused = m.rcpt.iter().flatten().all(refuses_sequence);
             if !all_refused {
@@ -119,7 +125,8 @@ impl Session {
             let Some(reply) = m.mail.clone() else { return };
             self.check_refusal(seq, Verb::Mail, true, command, &reply);
         } else if !accepted && m.mail_ok() && self.bdat_mode() {
-            self.rset_needed = true;
+            // A RSET already written behind it resets that transaction (see `resets.rs`).
+            self.rset_needed |= !(self.rset_before_mail && m.rset_behind);
             self.txn_open = true;
             self.active[i].rset_asked = true;
         }
@@ -157,6 +164,7 @@ impl Session {
                     self.committed_octets -= self.active[i].octets;
                 }
                 let m = self.active.remove(i).expect("index from index_of");
+                self.refused_txns += 1;
                 // MAIL was accepted: that transaction is open until RSET.
                 self.rset_needed |= m.mail_ok();
                 self.txn_open |= m.mail_ok();

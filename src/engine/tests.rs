@@ -6,6 +6,7 @@ use std::time::Instant;
 use super::*;
 
 mod bdat;
+mod closing;
 mod dsn;
 mod errors;
 mod handshake;
