@@ -24,13 +24,22 @@
 #     transport is error:, DNS is off.
 #   - No throttling: in_flow_delay, error sleep and rate limits are off.
 #
-# MODE is `default` (as above) or `hardened`: configured the way operators now run Postfix
-# after the 2023-24 SMTP smuggling advisories, with
+# MODE is `default` (as above), `hardened` or `bounces`. `hardened` is configured the way
+# operators now run Postfix after the 2023-24 SMTP smuggling advisories, with
 #   smtpd_forbid_unauth_pipelining = yes      (the default from Postfix 3.9)
 #   smtpd_data_restrictions = reject_unauth_pipelining
 #   smtpd_forbid_bare_newline = yes           (with no exclusions; 3.7.11 was measured to
 #                                              still accept a bare LF inside DATA)
 # and everything else as in the default mode.
+#
+# MODE `bounces` is the default mode plus recipients that are accepted at RCPT and then fail
+# in delivery, so that Postfix itself writes the DSN (bounces to the envelope sender, which
+# for @example.net/@example.org lands in DIR/Maildir like every other message):
+#   - local parts starting with "bounceme" go to `error:5.1.1 ...`: bounced at once with
+#     Status 5.1.1 and "Diagnostic-Code: X-Postfix; Mailbox unavailable (test: bounceme)";
+#   - local parts starting with "delayme" go to `retry:4.2.2 ...`: deferred (they stay in the
+#     queue until the instance stops), and with delay_warning_time = 1s the first failed
+#     attempt already sends a delay notice (Action: delayed, Status 4.2.2).
 #
 # Several instances (different DIR and PORT) can run at the same time. Must run as root.
 #
@@ -44,7 +53,7 @@ die() {
 }
 
 usage() {
-    echo "usage: $0 start DIR PORT [default|hardened] | stop DIR" >&2
+    echo "usage: $0 start DIR PORT [default|hardened|bounces] | stop DIR" >&2
     exit 2
 }
 
@@ -212,6 +221,22 @@ smtpd_forbid_unauth_pipelining = no
 EOF
     fi
 
+    if [[ "$mode" == bounces ]]; then
+        cat >>"$dir/etc/main.cf" <<EOF
+
+# Mode "bounces": some accepted recipients fail in delivery, and Postfix reports it.
+transport_maps = regexp:$dir/etc/transport
+delay_warning_time = 1s
+# smtpd would refuse at RCPT an address whose transport is error: or retry:.
+smtpd_reject_unlisted_recipient = no
+EOF
+        cat >"$dir/etc/transport" <<'EOF'
+# Accepted at RCPT, then bounced (error:) or deferred (retry:) by Postfix itself.
+/^bounceme[^@]*@/             error:5.1.1 Mailbox unavailable (test: bounceme)
+/^delayme[^@]*@/              retry:4.2.2 Mailbox full (test: delayme)
+EOF
+    fi
+
     # Only the listener plus the internal services this instance uses; no chroot.
     cat >"$dir/etc/master.cf" <<EOF
 # service type  private unpriv  chroot  wakeup  maxproc command + args
@@ -267,7 +292,8 @@ cmd_start() {
     if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
         die "bad port: $port"
     fi
-    [[ "$mode" == default || "$mode" == hardened ]] || die "bad mode: $mode"
+    [[ "$mode" == default || "$mode" == hardened || "$mode" == bounces ]] ||
+        die "bad mode: $mode"
     [[ $EUID -eq 0 ]] || die "must run as root"
     postfix=$(find_postfix)
     timeout="${START_TIMEOUT:-20}"

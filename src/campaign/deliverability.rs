@@ -17,6 +17,7 @@ use crate::deliver::dsn::{Notify, Ret, envid, mail_params, rcpt_params};
 use crate::deliver::unsubscribe::unsubscribe_headers;
 use crate::engine::{DsnParams, Message, check_address};
 use crate::input::Row;
+use crate::template::ROW_VARIABLE;
 
 /// Why a small per-row template (`--from`, `--unsubscribe`) was refused.
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +29,8 @@ pub struct RowTemplateError {
 }
 
 /// A one-line template rendered per row: the list's columns and `row` (the data row number,
-/// 1-based) are its variables; strict (an unknown variable fails at parse time).
+/// 1-based, unless the list has a column of that name, which wins as in the message
+/// template) are its variables; strict (an unknown variable fails at parse time).
 #[derive(Debug)]
 pub struct RowTemplate {
     env: Environment<'static>,
@@ -60,10 +62,11 @@ impl RowTemplate {
         let mut used = Vec::new();
         let mut uses_row = false;
         for v in vars {
-            if v == "row" {
-                uses_row = true;
-            } else if columns.contains(&v) {
+            // A list column named `row` wins, as in the message template.
+            if columns.contains(&v) {
                 used.push(v);
+            } else if v == ROW_VARIABLE {
+                uses_row = true;
             } else {
                 return Err(err(format!(
                     "{v:?} is not a column of the list (nor `row`)"
@@ -89,7 +92,7 @@ impl RowTemplate {
             ctx.insert(c.as_str(), row.column(headers, c).into());
         }
         if self.uses_row {
-            ctx.insert("row", row.number.into());
+            ctx.insert(ROW_VARIABLE, row.number.into());
         }
         self.env
             .get_template(NAME)
@@ -230,6 +233,13 @@ mod tests {
         assert_eq!(
             u.render(&row(1, "ann+x@example.net"), &cols).unwrap(),
             "https://x.example/u?e=ann%2Bx%40example.net"
+        );
+        // A list column named `row` wins over the row number.
+        let with_row = vec!["email".to_string(), "row".to_string()];
+        let t = RowTemplate::parse("--from", "b+{{ row }}@example.org", &with_row).unwrap();
+        assert_eq!(
+            t.render(&row(7, "a@b.c"), &with_row).unwrap(),
+            "b+Ann@example.org"
         );
         let e = RowTemplate::parse("--from", "{{ nope }}@x", &cols).unwrap_err();
         assert!(e.to_string().contains("\"nope\" is not a column"), "{e}");

@@ -280,7 +280,7 @@ impl Composer {
     /// The text and HTML bodies of a row.
     fn bodies(
         &self,
-        ctx: &std::collections::BTreeMap<&str, &str>,
+        ctx: &crate::template::RowContext<'_>,
         mode: &BodyMode,
     ) -> Result<(String, Option<String>), ComposeError> {
         let t = &self.template;

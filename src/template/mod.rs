@@ -21,8 +21,10 @@
 //!   line unless written `{%- … -%}`; in the header section empty lines are dropped, so
 //!   `{% if cc %}` / `Cc: {{ cc }}` / `{% endif %}` on three lines is fine). There is no loader:
 //!   `{% include %}`, `{% extends %}`, `{% import %}` and `{% macro %}` are refused at parse time.
-//! * Every variable a template uses must be a column of the list (checked at parse time with
-//!   minijinja's static analysis, and again at render time with strict undefined behaviour). The
+//! * Every variable a template uses must be a column of the list, or `row`: the 1-based data
+//!   row number, an integer (as in the report's `row` column and `--from`); a list column
+//!   named `row` wins over it. Checked at parse time with minijinja's static analysis, and
+//!   again at render time with strict undefined behaviour. The
 //!   global functions `range`, `dict`, `namespace`, `debug`, `cycler` and `joiner` are also
 //!   available, and Jinja's filters: minijinja's builtins (with `urlencode` and `tojson`),
 //!   minijinja-contrib's `truncate(length=…)`, `wordwrap`, `wordcount`, `striptags`,
@@ -50,6 +52,7 @@
 //!   [`Template::render`]; [`crate::message::Composer::compose`] encodes it instead.
 
 mod address;
+mod context;
 mod header;
 mod jinja;
 mod lines;
@@ -58,7 +61,7 @@ mod render;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
 use time::OffsetDateTime;
@@ -67,6 +70,8 @@ use crate::input::Row;
 
 pub use address::from_address_of;
 use address::static_from_address;
+pub use context::ROW_VARIABLE;
+pub(crate) use context::RowContext;
 use header::{check_header_source, needs_sanitizing};
 use jinja::{find_variable, jinja_error};
 use lines::{check_line_lengths, line_col, normalize_to_lf};
@@ -279,6 +284,8 @@ pub struct Template {
     body_offset: usize,
     header_names: Vec<String>,
     variables: Vec<String>,
+    /// `row` is used and is not a column: it is the row number.
+    row_number: bool,
     static_from: Option<String>,
     /// The header section declares at most a plain-text body: see [`Template::plain_text_type`].
     plain_text_type: bool,
@@ -384,6 +391,7 @@ impl Template {
             check_variables(&env, tname, src, line_offset, name, columns, &mut variables)?;
         }
         variables.sort();
+        let row_number = uses_row_number(&variables, columns);
 
         let static_from = static_from_address(header_src);
         let plain_text_type = declares_plain_text(header_src, &header_names);
@@ -393,6 +401,7 @@ impl Template {
             body_offset,
             header_names,
             variables,
+            row_number,
             static_from,
             plain_text_type,
             html_name: None,
@@ -415,6 +424,7 @@ impl Template {
         let mut variables = std::mem::take(&mut self.variables);
         check_variables(&self.env, HTML, &text, 0, name, columns, &mut variables)?;
         variables.sort();
+        self.row_number = uses_row_number(&variables, columns);
         self.variables = variables;
         self.html_name = Some(name.to_owned());
         Ok(())
@@ -436,7 +446,7 @@ impl Template {
         &self.header_names
     }
 
-    /// The list columns the template uses, sorted.
+    /// The list columns the template uses, and `row` when it uses the row number, sorted.
     pub fn variables(&self) -> &[String] {
         &self.variables
     }
@@ -482,15 +492,16 @@ impl Template {
         })
     }
 
-    /// The minijinja context of one row: every variable the template uses, by column.
-    pub(crate) fn context<'a>(
-        &'a self,
-        row: &'a Row,
-        headers: &'a [String],
-    ) -> BTreeMap<&'a str, &'a str> {
-        let mut ctx: BTreeMap<&str, &str> = BTreeMap::new();
+    /// The minijinja context of one row: every variable the template uses, by column, and
+    /// the row number as `row` when the template uses it and the list has no `row` column.
+    pub(crate) fn context<'a>(&'a self, row: &'a Row, headers: &'a [String]) -> RowContext<'a> {
+        let mut ctx = RowContext::default();
         for var in &self.variables {
-            ctx.insert(var.as_str(), row.column(headers, var));
+            if self.row_number && var == ROW_VARIABLE {
+                ctx.row = Some(row.number);
+            } else {
+                ctx.columns.insert(var.as_str(), row.column(headers, var));
+            }
         }
         ctx
     }
@@ -499,7 +510,7 @@ impl Template {
     /// RFC 2047-encoded), then `Date` and `Message-ID` when missing.
     pub(crate) fn render_headers(
         &self,
-        ctx: &BTreeMap<&str, &str>,
+        ctx: &RowContext<'_>,
         row_number: u64,
         opts: &RenderOptions,
     ) -> Result<HeaderSection, RowError> {
@@ -518,7 +529,7 @@ impl Template {
     /// have them). [`BodyKind::Html`] without an HTML template renders an empty string.
     pub(crate) fn render_body(
         &self,
-        ctx: &BTreeMap<&str, &str>,
+        ctx: &RowContext<'_>,
         kind: BodyKind,
     ) -> Result<String, RowError> {
         let (tname, offset) = match kind {
@@ -596,8 +607,8 @@ fn new_environment() -> Environment<'static> {
     env
 }
 
-/// Checks that every variable template `tname` uses is a column or a global; adds the columns
-/// it uses to `variables`.
+/// Checks that every variable template `tname` uses is a column, `row` or a global; adds the
+/// columns it uses (and `row`) to `variables`.
 fn check_variables(
     env: &Environment<'_>,
     tname: &str,
@@ -613,7 +624,7 @@ fn check_variables(
         .expect("template was added just before");
     let mut unknown: Vec<(usize, usize, String)> = Vec::new();
     for var in tmpl.undeclared_variables(false) {
-        if columns.contains(&var) {
+        if columns.contains(&var) || var == ROW_VARIABLE {
             if !variables.contains(&var) {
                 variables.push(var);
             }
@@ -633,6 +644,11 @@ fn check_variables(
         }),
         None => Ok(()),
     }
+}
+
+/// True if `variables` has `row` and it is not a column: the template gets the row number.
+fn uses_row_number(variables: &[String], columns: &[String]) -> bool {
+    variables.iter().any(|v| v == ROW_VARIABLE) && !columns.iter().any(|c| c == ROW_VARIABLE)
 }
 
 /// Test helper: the header section of a rendered message as text lines.

@@ -283,3 +283,89 @@ fn dry_run_shows_the_finished_first_message() {
         "{out}"
     );
 }
+
+#[test]
+fn row_is_the_row_number_in_the_template_and_html_unless_the_list_has_a_row_column() {
+    let fx = fixture();
+    fx.write(
+        "row.eml",
+        "From: Sender <sender@example.org>\nTo: {{ email }}\nSubject: Issue {{ row }} for {{ name }}\n\nYou are number {{ row }}; times ten: {{ row * 10 }}.\n",
+    );
+    fx.write("row.html", "<p>row-{{ row }}-html {{ name }}</p>\n");
+    let sink = plain_sink();
+    let mut c = fx.send(&host_of(&sink));
+    c.args([
+        "--list",
+        "list.csv",
+        "--template",
+        "row.eml",
+        "--report",
+        "r.csv",
+    ]);
+    expect_code(&run(c), 0);
+    let msgs = sink.messages();
+    for (n, addr, name) in [
+        (1, "ann+news@x.example", "Ann"),
+        (2, "bob@y.example", "Bob"),
+        (3, "cy@blocked.example", "Cy"),
+    ] {
+        let data = String::from_utf8_lossy(&stored_for(&msgs, addr).data).into_owned();
+        assert_eq!(
+            header(&data, "Subject"),
+            [format!("Subject: Issue {n} for {name}")]
+        );
+        assert!(
+            data.ends_with(&format!(
+                "\r\n\r\nYou are number {n}; times ten: {}.\r\n",
+                n * 10
+            )),
+            "{data}"
+        );
+    }
+
+    // --html: the same number in the HTML part.
+    let sink = plain_sink();
+    let mut c = fx.send(&host_of(&sink));
+    c.args(["--list", "list.csv", "--template", "row.eml"])
+        .args(["--html", "row.html"]);
+    expect_code(&run(c), 0);
+    let msgs = sink.messages();
+    for (n, addr) in [(1, "ann+news@x.example"), (3, "cy@blocked.example")] {
+        let data = String::from_utf8_lossy(&stored_for(&msgs, addr).data).into_owned();
+        assert!(data.contains(&format!("<p>row-{n}-html ")), "{data}");
+        assert!(data.contains(&format!("You are number {n};")), "{data}");
+    }
+
+    // A list column named `row` wins, in the template and in --from alike.
+    fx.write(
+        "rowcol.csv",
+        "email,row,name\r\nann@x.example,A-17,Ann\r\nbob@y.example,B-4,Bob\r\n",
+    );
+    fx.write(
+        "rowcol.eml",
+        "From: Sender <sender@example.org>\nTo: {{ email }}\nSubject: Ticket {{ row }}\n\nTicket {{ row }}.\n",
+    );
+    let sink = plain_sink();
+    let mut c = fx.send(&host_of(&sink));
+    c.args(["--list", "rowcol.csv", "--template", "rowcol.eml"])
+        .args(["--from", "bounces+{{ row }}@example.org"]);
+    expect_code(&run(c), 0);
+    let msgs = sink.messages();
+    for (addr, id) in [("ann@x.example", "A-17"), ("bob@y.example", "B-4")] {
+        let m = stored_for(&msgs, addr);
+        let data = String::from_utf8_lossy(&m.data);
+        assert_eq!(header(&data, "Subject"), [format!("Subject: Ticket {id}")]);
+        assert!(data.ends_with(&format!("Ticket {id}.\r\n")), "{data}");
+        assert_eq!(m.from, format!("bounces+{id}@example.org"));
+    }
+
+    // The row number is a per-row placeholder: --batch-recipients refuses it before connecting.
+    let sink = plain_sink();
+    let mut c = fx.send(&host_of(&sink));
+    c.args(["--list", "list.csv", "--template", "row.eml"])
+        .args(["--batch-recipients", "10"]);
+    let out = run(c);
+    expect_code(&out, 64);
+    assert!(out.stderr.contains("{{ row }}"), "{out}");
+    assert!(sink.messages().is_empty());
+}

@@ -101,6 +101,23 @@ impl PostfixSmtpd {
     /// installed or the test does not run as root. Panics with the script's output and the
     /// instance's log if it is installed but does not start.
     pub fn start() -> Option<Self> {
+        Self::start_in_mode(None)
+    }
+
+    /// A private Postfix smtpd that also bounces and defers in delivery
+    /// (`scripts/postfix-smtpd.sh start DIR PORT bounces`): a local part starting with
+    /// `bounceme` is accepted at RCPT and then bounced by Postfix's `error` transport with
+    /// `5.1.1` and diagnostic `X-Postfix; Mailbox unavailable (test: bounceme)`; one starting
+    /// with `delayme` is accepted and deferred (`4.2.2 Mailbox full (test: delayme)`), and
+    /// a delay notice goes out after the first attempt (`delay_warning_time = 1s`).
+    /// Postfix's own DSNs go to the envelope sender: for `@example.org`/`@example.net`
+    /// senders they land in [`PostfixSmtpd::maildir`] next to the delivered messages.
+    /// Otherwise as [`PostfixSmtpd::start`].
+    pub fn start_bounces() -> Option<Self> {
+        Self::start_in_mode(Some("bounces"))
+    }
+
+    fn start_in_mode(mode: Option<&str>) -> Option<Self> {
         let Some(postfix) = find_program("PIPEMAIL_POSTFIX", "postfix", &["/usr/sbin/postfix"])
         else {
             skip_or_fail("postfix not installed (apt-get install postfix)");
@@ -116,7 +133,7 @@ impl PostfixSmtpd {
         }
         let mut last_err = String::new();
         for _ in 0..3 {
-            match Self::try_start(&postfix) {
+            match Self::try_start(&postfix, mode) {
                 Ok(p) => return Some(p),
                 Err(e) => last_err = e,
             }
@@ -124,7 +141,7 @@ impl PostfixSmtpd {
         panic!("private Postfix smtpd did not start:\n{last_err}");
     }
 
-    fn try_start(postfix: &Path) -> Result<Self, String> {
+    fn try_start(postfix: &Path, mode: Option<&str>) -> Result<Self, String> {
         let base = scratch_base();
         sweep_orphaned_instances(&base, postfix);
         let dir = tempfile::Builder::new()
@@ -152,6 +169,7 @@ impl PostfixSmtpd {
             .arg("start")
             .arg(this.dir())
             .arg(port.to_string())
+            .args(mode)
             .env("POSTFIX", postfix)
             .env("START_TIMEOUT", START_TIMEOUT.as_secs().to_string())
             .stdin(Stdio::null())
