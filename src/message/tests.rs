@@ -120,3 +120,91 @@ fn shareable_between_threads() {
     check::<super::ComposeError>();
     check::<super::SetupError>();
 }
+
+/// A framed message is what lettre formats for the same bodies, boundary aside.
+#[test]
+fn frames_match_lettre() {
+    use super::frame::Frames;
+    use super::parts::{Content, TextPart, build};
+    let frames = Frames::default();
+    let texts = [
+        "plain\nascii\n",
+        "no final newline",
+        "",
+        "Grüße\r\n",
+        &"x".repeat(1200),
+        &"ü".repeat(600),
+        "a\0b\n",
+    ];
+    let unbound = |mut data: Vec<u8>, boundaries: &[String]| {
+        for b in boundaries {
+            let s = String::from_utf8(data).expect("ASCII framing");
+            data = s.replace(b.as_str(), "BOUNDARY").into_bytes();
+        }
+        data
+    };
+    let boundary_of = |data: &[u8]| -> Vec<String> {
+        let s = String::from_utf8_lossy(data);
+        s.split("boundary=\"")
+            .skip(1)
+            .map(|r| r.split('"').next().unwrap_or("").to_owned())
+            .collect()
+    };
+    for eight in [false, true] {
+        for text in texts {
+            for html in [None, Some("<p>Grüße</p>\n"), Some(text)] {
+                let t = TextPart::new(text, eight);
+                let h = html.map(|h| TextPart::new(h, eight));
+                let frame = frames
+                    .get(t.encoding(), h.as_ref().map(TextPart::encoding))
+                    .expect("every shape frames");
+                let mut framed = b"Subject: x\r\n".to_vec();
+                assert!(frame.write(&mut framed, &t, h.as_ref()));
+                let built = build(Content {
+                    text: t.into_body(),
+                    html: h.map(TextPart::into_body),
+                    inline: Vec::new(),
+                    attached: Vec::new(),
+                })
+                .expect("builds");
+                let bs = built.boundaries().to_vec();
+                let general = built.finish(b"Subject: x\r\n".to_vec()).expect("finishes");
+                assert_eq!(
+                    String::from_utf8_lossy(&unbound(framed.clone(), &boundary_of(&framed))),
+                    String::from_utf8_lossy(&unbound(general, &bs)),
+                    "text {text:?}, html {html:?}, 8bit {eight}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn normalized_line_ends() {
+    use crate::template::push_normalized;
+    let reference = |t: &str| {
+        let mut s = t
+            .replace("\r\n", "\n")
+            .replace('\r', "\n")
+            .replace('\n', "\r\n");
+        if !s.ends_with("\r\n") {
+            s.push_str("\r\n");
+        }
+        s
+    };
+    for t in [
+        "",
+        "\r",
+        "\n",
+        "\r\n",
+        "\n\r",
+        "a\r\r\nb\n\rc\r",
+        "x",
+        "x\r\n\r\n",
+        "ü\ry\n",
+    ] {
+        let mut out = Vec::new();
+        push_normalized(&mut out, t);
+        assert_eq!(String::from_utf8(out).unwrap(), reference(t), "{t:?}");
+    }
+}

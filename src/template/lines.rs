@@ -10,34 +10,23 @@ pub(crate) fn normalize_to_lf(text: &str) -> String {
 /// Appends `text` with CRLF line endings (CRLF, lone CR and LF become CRLF); makes sure it ends
 /// with CRLF if not empty.
 pub(crate) fn push_normalized(out: &mut Vec<u8>, text: &str) {
-    // Line by line with `str::find` (memchr), copying whole lines: a byte-at-a-time loop
-    // here was a third of the CPU of rendering a 1 KiB message.
-    out.reserve(text.len() + text.len() / 32 + 2);
-    let mut rest = text;
-    while !rest.is_empty() {
-        let (line, next) = match rest.find('\n') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
+    // One pass with `memchr2` over the line ends, copying what lies between: a byte-at-a-time
+    // loop here was a third of the CPU of rendering a 1 KiB message.
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + bytes.len() / 32 + 2);
+    let mut from = 0;
+    let mut ends = memchr::memchr2_iter(b'\r', b'\n', bytes);
+    while let Some(i) = ends.next() {
+        out.extend_from_slice(&bytes[from..i]);
+        out.extend_from_slice(b"\r\n");
+        from = i + 1;
         // CRLF is one line ending; any other CR is a line ending of its own.
-        let line = match next {
-            Some(_) => line.strip_suffix('\r').unwrap_or(line),
-            None => line,
-        };
-        for (k, part) in line.split('\r').enumerate() {
-            if k > 0 {
-                out.extend_from_slice(b"\r\n");
-            }
-            out.extend_from_slice(part.as_bytes());
-        }
-        match next {
-            Some(n) => {
-                out.extend_from_slice(b"\r\n");
-                rest = n;
-            }
-            None => rest = "",
+        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            ends.next();
+            from = i + 2;
         }
     }
+    out.extend_from_slice(&bytes[from..]);
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
