@@ -566,7 +566,7 @@ fn batches_are_composed_as_mime() {
             let alt = find(root, "multipart/alternative");
             assert_eq!(alt.len(), 1, "{root}");
             assert_eq!(types(alt[0]), ["text/plain", "text/html"]);
-            let html_text = text_of(&find(root, "text/html")[0]);
+            let html_text = text_of(find(root, "text/html")[0]);
             assert!(
                 html_text.contains("<b>one</b>") || html_text.contains("<strong>one</strong>"),
                 "{html_text}"
