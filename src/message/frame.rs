@@ -117,6 +117,12 @@ impl Frame {
         })
     }
 
+    /// The frame's boundaries.
+    #[cfg(test)]
+    pub(crate) fn boundaries(&self) -> Vec<&[u8]> {
+        self.boundaries.iter().map(Finder::needle).collect()
+    }
+
     /// Appends the message body (the part headers, a blank line, the bodies, the boundaries)
     /// to `out`, which holds the message's header fields. `html` must be given exactly when
     /// the frame has an HTML part. False if a boundary occurs in a body: `out` is then

@@ -36,6 +36,10 @@
 //!   ([`ComposerOptions::attach_cache`]).
 //! * **Boundaries** are lettre's random 40-character strings, checked against the text parts
 //!   so no value can close a part.
+//! * **Frames**: a message without attachments copies lettre's framing (part headers,
+//!   multipart header, boundary lines), formatted once per shape (the parts' transfer
+//!   encodings), around its bodies, each written once; the frame's boundary is checked against
+//!   every message's bodies, and a message holding it is composed with fresh boundaries.
 
 mod attach;
 mod eml;

@@ -208,3 +208,69 @@ fn normalized_line_ends() {
         assert_eq!(String::from_utf8(out).unwrap(), reference(t), "{t:?}");
     }
 }
+
+/// A value holding the frame's boundary: that message is composed with fresh boundaries, and
+/// the value stays inside its part.
+#[test]
+fn a_body_holding_the_frame_boundary_is_composed_afresh() {
+    use super::{ComposeOptions, Composer, ComposerOptions};
+    use crate::input::Row;
+    use crate::template::{RenderOptions, Template};
+    use lettre::message::header::ContentTransferEncoding as Cte;
+    let columns = vec!["email".to_owned(), "x".to_owned()];
+    let mut t = Template::parse_for_mime(
+        b"From: a@example.org\nTo: {{ email }}\nSubject: s\n\n{{ x }}\n",
+        "t.eml",
+        &columns,
+    )
+    .expect("parse");
+    t.add_html(b"<p>{{ x }}</p>\n", "t.html", &columns)
+        .expect("html");
+    let composer = Composer::new(t, &ComposerOptions::default()).expect("composer");
+    let row = |x: &str| Row {
+        number: 1,
+        line: 2,
+        email: "r@example.net".to_owned(),
+        fields: vec!["r@example.net".to_owned(), x.to_owned()],
+        problem: None,
+    };
+    let opts = ComposeOptions {
+        render: RenderOptions {
+            smtputf8: false,
+            now: time::OffsetDateTime::UNIX_EPOCH,
+            message_id_domain: None,
+        },
+        eight_bit_mime: false,
+    };
+    let first = composer
+        .compose(&row("hello"), &columns, &opts)
+        .expect("compose");
+    let frame = composer
+        .frames
+        .get(Cte::SevenBit, Some(Cte::SevenBit))
+        .expect("framed");
+    let boundary = String::from_utf8(frame.boundaries()[0].to_vec()).expect("ASCII");
+    assert!(String::from_utf8_lossy(&first.data).contains(&boundary));
+    let evil = format!("--{boundary}--");
+    let second = composer
+        .compose(&row(&evil), &columns, &opts)
+        .expect("compose");
+    let text = String::from_utf8_lossy(&second.data);
+    let declared: Vec<&str> = text
+        .split("boundary=\"")
+        .skip(1)
+        .map(|r| r.split('"').next().unwrap_or(""))
+        .collect();
+    assert_eq!(declared.len(), 1, "{text}");
+    assert_ne!(declared[0], boundary, "a fresh boundary");
+    assert_eq!(
+        text.matches(&evil).count(),
+        2,
+        "the value in both parts, as text"
+    );
+    assert_eq!(
+        text.matches(&format!("--{}", declared[0])).count(),
+        3,
+        "{text}"
+    );
+}
