@@ -316,8 +316,9 @@ pub(crate) struct MimeArgs {
     /// Attach FILE to every message (read and encoded once); repeatable.
     #[arg(long, value_name = "FILE")]
     pub(crate) attach: Vec<PathBuf>,
-    /// Directory the template's per-row `Attach: PATH` fields resolve under (default: the
-    /// template's directory). A path leaving it, missing or unreadable fails that row only.
+    /// Directory the template's per-row `Attach: PATH` fields (or the list's `attach` column)
+    /// resolve under (default: the template's directory, or the list's when the list carries
+    /// the message). A path leaving it, missing or unreadable fails that row only.
     #[arg(long, value_name = "DIR")]
     pub(crate) attach_dir: Option<PathBuf>,
     /// With --dry-run: write each rendered message to DIR/<row>.eml (DIR must exist; an

@@ -21,8 +21,8 @@ pub(crate) struct MessagePlan {
     pub(crate) template: Template,
     pub(crate) from: FromSource,
     pub(crate) row_templates: Option<RowTemplates>,
-    /// MIME composition (`--html`, `--attach`, `Attach:`/`Cc:`/`Bcc:`); `None` sends the
-    /// rendering as it is (a list that carries its message).
+    /// MIME composition (`--html`, `--attach`, `Attach:`/`Cc:`/`Bcc:`, and a list's `html`,
+    /// `attach`, `cc` and `bcc` columns); `None` sends each rendering as it is.
     pub(crate) mime: Option<pipemail::message::ComposerOptions>,
 }
 
@@ -41,7 +41,23 @@ pub(crate) fn list_message_plan(a: &SendArgs, headers: &[String]) -> Result<Mess
     };
     let lm = ListMessage::from_columns(headers, a.from.as_deref())
         .map_err(|e| fail(Exit::Usage, anyhow!("{list_name}: {e}")))?;
-    let template = match lm.template(list_name, headers) {
+    if lm.template_column.is_some() && (a.mime.html.is_some() || !a.mime.attach.is_empty()) {
+        return Err(fail(
+            Exit::Usage,
+            anyhow!(
+                "{list_name}: --html and --attach do not apply to the templates a `template` column names; put them in the templates (Attach:) or give --template"
+            ),
+        ));
+    }
+    if lm.html.is_some() && a.mime.html.is_some() {
+        return Err(fail(
+            Exit::Usage,
+            anyhow!(
+                "{list_name}: the list has an `html` column; --html would be a second HTML part"
+            ),
+        ));
+    }
+    let mut template = match lm.template(list_name, headers) {
         Some(t) => t.map_err(|e| fail(Exit::DataErr, e))?,
         // Only per-row templates: rows with an empty `template` value fail, so this one is
         // never rendered.
@@ -62,11 +78,14 @@ pub(crate) fn list_message_plan(a: &SendArgs, headers: &[String]) -> Result<Mess
         None => None,
         Some(column) => Some(row_templates(a, headers, column, lm.source.is_some())?),
     };
+    // The `attach` column's paths (and `--attach-dir`'s default) are relative to the list's
+    // directory, or the current one for a list on stdin.
+    let mime = mime_options(&a.mime, a.list == "-", &a.list, &mut template, headers)?;
     Ok(MessagePlan {
         template,
         from,
         row_templates,
-        mime: None,
+        mime: Some(mime),
     })
 }
 
@@ -168,10 +187,23 @@ fn load_row_template(base: &Path, name: &str, headers: &[String]) -> Result<Temp
         ));
     }
     let src = std::fs::read(&full).map_err(|e| format!("template {name:?}: {e}"))?;
-    Template::parse(&src, name, headers).map_err(|e| e.to_string())
+    let t = Template::parse(&src, name, headers).map_err(|e| e.to_string())?;
+    // Sent as rendered: a Bcc field would show its addresses and reach nobody, an Attach
+    // field would be sent as a header, Cc addresses would get no copy.
+    if let Some(field) = t.header_names().iter().find(|h| {
+        ["bcc", "cc", "attach"]
+            .iter()
+            .any(|m| h.eq_ignore_ascii_case(m))
+    }) {
+        return Err(format!(
+            "template {name:?}: its {field}: field needs --template (a template column's templates are sent as rendered)"
+        ));
+    }
+    Ok(t)
 }
 /// The message setup of `send`: `--html` added to the template, `--attach` files checked,
-/// the `Attach:` directory (default: the template's directory; the current one for stdin).
+/// the `Attach:` directory (default: the directory of `template_path`, the template's or,
+/// for a list that carries its message, the list's; the current one for stdin).
 pub(crate) fn mime_options(
     a: &MimeArgs,
     template_is_stdin: bool,

@@ -117,7 +117,7 @@ enum Source {
 }
 
 /// Template fields that only composition handles.
-const MIME_FIELDS: [&str; 4] = ["attach", "cc", "bcc", "content-type"];
+const MIME_FIELDS: [&str; 3] = ["attach", "cc", "bcc"];
 
 impl Renderer {
     /// `headers` are the list's column names.
@@ -158,7 +158,8 @@ impl Renderer {
     /// Like [`Renderer::new`], but each row's message is composed as MIME by a
     /// [`Composer`] (HTML and Markdown alternatives, attachments, `Cc:`/`Bcc:` in the
     /// envelope). Reads and encodes the `--attach` files once, here. A template that needs
-    /// nothing of MIME (no HTML part, attachment, `Cc`, `Bcc` or `Content-Type`) still sends
+    /// nothing of MIME (no HTML part, attachment, `Cc` or `Bcc`, no `Content-Type` but
+    /// `text/plain`: [`Template::plain_text_type`]) still sends
     /// each row as rendered when that is ASCII with no line over 998 octets, and composes the
     /// others (8-bit text, long lines).
     pub fn with_mime(
@@ -175,6 +176,7 @@ impl Renderer {
             source: {
                 let plain_enough = !template.has_html()
                     && opts.attach.is_empty()
+                    && template.plain_text_type()
                     && !template
                         .header_names()
                         .iter()

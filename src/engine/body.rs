@@ -14,34 +14,29 @@ pub fn normalize_into(body: &[u8], out: &mut Vec<u8>) -> usize {
 }
 
 /// Octets [`normalize_into`] would append (the BDAT chunk size), without copying.
+///
+/// Counts with `memchr`: a CRLF pair stays two octets, a bare CR or LF becomes two.
 pub fn normalized_len(body: &[u8]) -> usize {
-    let mut n = 0;
+    let mut n = body.len();
     let mut i = 0;
-    let mut last_was_eol = true;
-    while i < body.len() {
-        match body[i] {
-            b'\r' => {
-                n += 2;
-                if body.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                last_was_eol = true;
-            }
-            b'\n' => {
-                n += 2;
-                last_was_eol = true;
-            }
-            _ => {
-                n += 1;
-                last_was_eol = false;
-            }
+    while let Some(off) = memchr::memchr2(b'\r', b'\n', &body[i..]) {
+        let p = i + off;
+        if body[p] == b'\r' && body.get(p + 1) == Some(&b'\n') {
+            i = p + 2;
+        } else {
+            n += 1;
+            i = p + 1;
         }
-        i += 1;
     }
-    if !body.is_empty() && !last_was_eol {
+    if !ends_with_eol(body) {
         n += 2;
     }
     n
+}
+
+/// True when `body` is empty or its last octet ends a line (CR or LF): no final CRLF to add.
+fn ends_with_eol(body: &[u8]) -> bool {
+    matches!(body.last(), None | Some(b'\r' | b'\n'))
 }
 
 /// Appends the DATA form of `body`: CRLF line endings, a leading `.` doubled on every line,
@@ -80,39 +75,34 @@ pub(crate) fn push_decimal(out: &mut Vec<u8>, mut v: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// Copies `body` into `out` line by line: runs of well-formed lines (CRLF pairs included) are
+/// copied in one piece, a bare CR or LF is replaced by CRLF, and with `stuff` a `.` starting a
+/// line is doubled. Line ends are found with `memchr`, not byte by byte.
 fn walk(body: &[u8], out: &mut Vec<u8>, stuff: bool) {
     out.reserve(body.len() + body.len() / 64 + 2);
-    let mut line_start = true;
-    let mut run = 0; // start of the pending run of ordinary bytes
-    let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        match b {
-            b'\r' | b'\n' => {
-                out.extend_from_slice(&body[run..i]);
-                out.extend_from_slice(b"\r\n");
-                if b == b'\r' && body.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                i += 1;
-                run = i;
-                line_start = true;
-            }
-            b'.' if stuff && line_start => {
-                out.extend_from_slice(&body[run..i]);
-                out.push(b'.');
-                run = i; // the dot itself is copied with the run
-                i += 1;
-                line_start = false;
-            }
-            _ => {
-                i += 1;
-                line_start = false;
-            }
+    let mut run = 0; // start of the pending run of octets copied as they are
+    let mut i = 0; // start of the current line
+    loop {
+        if stuff && body.get(i) == Some(&b'.') {
+            out.extend_from_slice(&body[run..i]);
+            out.push(b'.');
+            run = i; // the dot itself is copied with the run
+        }
+        let Some(off) = memchr::memchr2(b'\r', b'\n', &body[i..]) else {
+            break;
+        };
+        let p = i + off;
+        if body[p] == b'\r' && body.get(p + 1) == Some(&b'\n') {
+            i = p + 2;
+        } else {
+            out.extend_from_slice(&body[run..p]);
+            out.extend_from_slice(b"\r\n");
+            i = p + 1;
+            run = i;
         }
     }
     out.extend_from_slice(&body[run..]);
-    if !body.is_empty() && !line_start {
+    if !ends_with_eol(body) {
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -210,5 +200,54 @@ mod tests {
         normalize_into(body, &mut norm);
         assert_eq!(decode_data(&data(body)).unwrap(), norm);
         assert_eq!(decode_data(b".\r\n").unwrap(), b"");
+    }
+
+    /// The byte-at-a-time encoder the `memchr` one replaced, kept as the reference.
+    fn reference(body: &[u8], stuff: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut line_start = true;
+        let mut i = 0;
+        while i < body.len() {
+            match body[i] {
+                b'\r' | b'\n' => {
+                    out.extend_from_slice(b"\r\n");
+                    if body[i] == b'\r' && body.get(i + 1) == Some(&b'\n') {
+                        i += 1;
+                    }
+                    line_start = true;
+                }
+                b'.' if stuff && line_start => {
+                    out.extend_from_slice(b"..");
+                    line_start = false;
+                }
+                b => {
+                    out.push(b);
+                    line_start = false;
+                }
+            }
+            i += 1;
+        }
+        if !body.is_empty() && !line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn matches_the_byte_at_a_time_reference(
+            body in proptest::collection::vec(
+                proptest::sample::select(vec![b'a', b'.', b'\r', b'\n', 0xe9]), 0..64)
+        ) {
+            let mut norm = Vec::new();
+            normalize_into(&body, &mut norm);
+            proptest::prop_assert_eq!(&norm, &reference(&body, false));
+            proptest::prop_assert_eq!(normalized_len(&body), norm.len());
+            let mut stuffed = Vec::new();
+            encode_data_into(&body, &mut stuffed);
+            let mut want = reference(&body, true);
+            want.extend_from_slice(b".\r\n");
+            proptest::prop_assert_eq!(stuffed, want);
+        }
     }
 }

@@ -40,13 +40,18 @@ pub fn check_address(addr: &str) -> Result<(), AddressError> {
     }
     // Bidirectional controls and line/paragraph separators too: an address must show as
     // what it is in the report and on a terminal (issue 16).
-    if addr.chars().any(|c| {
-        c.is_control()
-            || matches!(
-                c,
-                '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-            )
-    }) {
+    let control = if addr.is_ascii() {
+        addr.bytes().any(|b| b.is_ascii_control())
+    } else {
+        addr.chars().any(|c| {
+            c.is_control()
+                || matches!(
+                    c,
+                    '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+                )
+        })
+    };
+    if control {
         return Err(AddressError::Control);
     }
     if addr.contains(['<', '>']) {

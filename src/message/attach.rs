@@ -165,9 +165,11 @@ impl AttachDir {
         if !real.starts_with(&self.root) {
             return Err(AttachProblem::Escapes);
         }
+        // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; such a file
+        // is then refused as not a regular file. Reads of a regular file ignore the flag.
         let mut file = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&real)
             .map_err(io)?;
         let meta = file.metadata().map_err(io)?;

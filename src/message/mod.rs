@@ -333,17 +333,18 @@ impl Composer {
             }
             BodyMode::Text | BodyMode::Raw(_) => {
                 let text = t.render_body(ctx, BodyKind::Plain)?;
-                if !t.has_html() {
-                    (text, None)
+                // An HTML body that renders to nothing (e.g. a list row's empty `html`
+                // value) is no alternative: clients would show the empty HTML.
+                let html = if t.has_html() {
+                    Some(html_template()?).filter(|h| !h.trim().is_empty())
                 } else {
-                    let html = html_template()?;
-                    let text = if text.trim().is_empty() {
-                        html::html_to_text(&html)?
-                    } else {
-                        text
-                    };
-                    (text, Some(html))
-                }
+                    None
+                };
+                let text = match &html {
+                    Some(h) if text.trim().is_empty() => html::html_to_text(h)?,
+                    _ => text,
+                };
+                (text, html)
             }
         })
     }

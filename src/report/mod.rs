@@ -240,19 +240,27 @@ mod timestamp {
 impl ReportRow {
     /// The row as CSV fields, in [`COLUMNS`] order: every cell printable
     /// ([`printable_str`]) and formula-guarded ([`guard_cell`]).
-    pub(crate) fn csv_fields(&self) -> [String; 10] {
-        let cell = |s: &str| guard_cell(&printable_str(s)).into_owned();
+    pub(crate) fn csv_fields(&self) -> [Cow<'_, str>; 10] {
+        fn cell(s: &str) -> Cow<'_, str> {
+            match printable_str(s) {
+                Cow::Borrowed(b) => guard_cell(b),
+                Cow::Owned(o) => Cow::Owned(guard_cell(&o).into_owned()),
+            }
+        }
+        fn number(n: impl ToString) -> Cow<'static, str> {
+            Cow::Owned(n.to_string())
+        }
         [
-            self.row.to_string(),
+            number(self.row),
             cell(&self.email),
-            self.status.to_string(),
-            self.smtp_code.map(|c| c.to_string()).unwrap_or_default(),
+            Cow::Borrowed(self.status.as_str()),
+            self.smtp_code.map(number).unwrap_or_default(),
             cell(self.enhanced_code.as_deref().unwrap_or_default()),
             cell(&self.response),
-            self.stage.map(|s| s.to_string()).unwrap_or_default(),
-            self.attempts.to_string(),
+            Cow::Borrowed(self.stage.map(Stage::as_str).unwrap_or_default()),
+            number(self.attempts),
             cell(&self.message_id),
-            timestamp::format(&self.finished_at),
+            Cow::Owned(timestamp::format(&self.finished_at)),
         ]
     }
 

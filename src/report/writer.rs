@@ -91,7 +91,7 @@ impl ReportWriter {
                 let mut csv = csv::WriterBuilder::new()
                     .buffer_capacity(256)
                     .from_writer(&mut self.buf);
-                csv.write_record(row.csv_fields())?;
+                csv.write_record(row.csv_fields().iter().map(|f| f.as_bytes()))?;
                 csv.flush()?;
             }
             Format::Json => {

@@ -14,6 +14,12 @@ pub fn from_address_of(rendered: &[u8]) -> Option<String> {
 /// The unfolded value of the first `From:` field of a header section (which ends at the
 /// first empty line, if any).
 pub(crate) fn from_field_value(text: &str) -> Option<String> {
+    field_value(text, "from")
+}
+
+/// The unfolded value of the first header field called `name` (ASCII case-insensitive) in a
+/// header section (`\n` or CRLF line ends; the section ends at the first empty line).
+pub(crate) fn field_value(text: &str, name: &str) -> Option<String> {
     let mut value: Option<String> = None;
     for line in text.split('\n') {
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -29,8 +35,8 @@ pub(crate) fn from_field_value(text: &str) -> Option<String> {
         if value.is_some() {
             break;
         }
-        if let Some((name, rest)) = line.split_once(':')
-            && name.trim().eq_ignore_ascii_case("from")
+        if let Some((field, rest)) = line.split_once(':')
+            && field.trim().eq_ignore_ascii_case(name)
         {
             value = Some(rest.to_owned());
         }

@@ -280,6 +280,8 @@ pub struct Template {
     header_names: Vec<String>,
     variables: Vec<String>,
     static_from: Option<String>,
+    /// The header section declares at most a plain-text body: see [`Template::plain_text_type`].
+    plain_text_type: bool,
     /// The name of the HTML template added with [`Template::add_html`], if any.
     html_name: Option<String>,
 }
@@ -384,6 +386,7 @@ impl Template {
         variables.sort();
 
         let static_from = static_from_address(header_src);
+        let plain_text_type = declares_plain_text(header_src, &header_names);
         Ok(Self {
             name: name.to_owned(),
             env,
@@ -391,6 +394,7 @@ impl Template {
             header_names,
             variables,
             static_from,
+            plain_text_type,
             html_name: None,
         })
     }
@@ -435,6 +439,15 @@ impl Template {
     /// The list columns the template uses, sorted.
     pub fn variables(&self) -> &[String] {
         &self.variables
+    }
+
+    /// True when the template's header section says nothing of MIME but "plain text": no
+    /// `Content-Type` field, or exactly one with no placeholder whose type is `text/plain`
+    /// (charset, if given, `utf-8` or `us-ascii`); no `Content-Transfer-Encoding`; no
+    /// `{% … %}` tag in the header section. Such a template rendered to ASCII can be sent as
+    /// rendered: the declared type is what the message is.
+    pub fn plain_text_type(&self) -> bool {
+        self.plain_text_type
     }
 
     /// The addr-spec of the template's `From:` header when that header has no placeholders or
@@ -628,4 +641,32 @@ fn header_lines(data: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(data);
     let end = text.find("\r\n\r\n").map_or(text.len(), |i| i);
     text[..end].split("\r\n").map(str::to_owned).collect()
+}
+
+/// See [`Template::plain_text_type`]. `names` are the header section's field names.
+fn declares_plain_text(header_src: &str, names: &[String]) -> bool {
+    let count = |n: &str| names.iter().filter(|h| h.eq_ignore_ascii_case(n)).count();
+    if header_src.contains("{%") || count("content-transfer-encoding") > 0 {
+        return false;
+    }
+    match count("content-type") {
+        0 => true,
+        1 => address::field_value(header_src, "content-type").is_some_and(|v| {
+            if v.contains("{{") || v.contains("{#") {
+                return false;
+            }
+            let mut params = v.split(';');
+            let essence = params.next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("text/plain")
+                && params.all(|p| match p.split_once('=') {
+                    Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+                        let v = v.trim().trim_matches('"');
+                        v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("us-ascii")
+                    }
+                    Some(_) => true,
+                    None => p.trim().is_empty(),
+                })
+        }),
+        _ => false,
+    }
 }

@@ -102,7 +102,7 @@ impl HeaderSection {
             });
         }
         if !has_date {
-            let date = opts.now.format(&Rfc2822).map_err(|e| RowError::Render {
+            let date = rfc2822_date(opts.now).map_err(|e| RowError::Render {
                 line: 0,
                 message: format!("cannot format the Date header: {e}"),
             })?;
@@ -147,6 +147,26 @@ impl HeaderSection {
             .map(|l| l.len() + 2)
             .sum()
     }
+}
+
+/// `now` in RFC 2822 form, formatted once per second and thread (rows rendered in the same
+/// second share the text).
+fn rfc2822_date(now: time::OffsetDateTime) -> Result<String, time::error::Format> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<((i64, time::UtcOffset), String)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let key = (now.unix_timestamp(), now.offset());
+    LAST.with_borrow_mut(|last| {
+        if let Some((k, text)) = last.as_ref()
+            && *k == key
+        {
+            return Ok(text.clone());
+        }
+        let text = now.format(&Rfc2822)?;
+        *last = Some((key, text.clone()));
+        Ok(text)
+    })
 }
 
 /// The process id, asked of the kernel once (it was a `getpid` call per message).

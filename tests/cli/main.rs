@@ -20,6 +20,7 @@ mod exit_codes;
 mod input;
 mod ops;
 mod ops_list;
+mod ops_list_mime;
 mod resume;
 mod sessions;
 

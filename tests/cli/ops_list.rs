@@ -79,32 +79,34 @@ fn template_syntax_header_lines_and_crlf_in_values_stay_inert() {
         "l.csv",
         "email,subject,body,cc\n\
          ann@x.example,\"{{ 7*7 }} and {% if 1 %}x{% endif %}\r\nBcc: evil@z.example\",\
-         \"{{ 7*7 }}\n{% raw %}\nBcc: evil@z.example\n\",\"c@x.example\nX-Evil: 1\"\n",
+         \"{{ 7*7 }}\n{% raw %}\nBcc: evil@z.example\n\",\"\"\"Copy\r\nX-Evil: 1\"\" <c@x.example>\"\n",
     );
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
     c.args(["--list", "l.csv", "--from", "me@example.org"]);
     let out = run(c);
     expect_code(&out, 0);
-    let (h, body) = stored(&sink, "ann@x.example");
+    let msgs = sink.messages();
+    let (h, body) = split_message(&msgs[0].data);
     assert!(
         h.contains(
             &"Subject: {{ 7*7 }} and {% if 1 %}x{% endif %}  Bcc: evil@z.example".to_owned()
         ),
         "{h:?}"
     );
-    assert!(h.contains(&"Cc: c@x.example X-Evil: 1".to_owned()), "{h:?}");
+    assert!(
+        h.contains(&"Cc: \"Copy  X-Evil: 1\" <c@x.example>".to_owned()),
+        "{h:?}"
+    );
     assert!(
         !h.iter()
             .any(|l| l.starts_with("Bcc") || l.starts_with("X-Evil")),
         "{h:?}"
     );
     assert_eq!(body, b"{{ 7*7 }}\r\n{% raw %}\r\nBcc: evil@z.example\r\n");
-    assert_eq!(
-        deliveries(&sink.messages()).len(),
-        1,
-        "only the row's address"
-    );
+    // The Cc address gets its copy in the same transaction; nothing else does.
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].rcpts, ["ann@x.example", "c@x.example"]);
     assert!(out.stderr.contains("CR/LF in header values"), "{out}");
 }
 
@@ -179,6 +181,7 @@ fn usage_errors_name_the_columns() {
         "html.csv",
         "email,subject,body,html\nann@x.example,S,B,<p>B</p>\n",
     );
+    fx.write("t.html", "<p>{{ email }}</p>\n");
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
     c.args(["--list", "l.csv", "--from", "me@example.org"]);
@@ -194,10 +197,11 @@ fn usage_errors_name_the_columns() {
     expect_code(&out, 64);
     assert!(out.stderr.contains("--from"), "{out}");
     let mut c = fx.send(&host_of(&sink));
-    c.args(["--list", "html.csv", "--from", "me@example.org"]);
+    c.args(["--list", "html.csv", "--from", "me@example.org"])
+        .args(["--html", "t.html"]);
     let out = run(c);
     expect_code(&out, 64);
-    assert!(out.stderr.contains("multipart"), "{out}");
+    assert!(out.stderr.contains("`html` column"), "{out}");
     assert_eq!(sink.stats().sessions, 0, "nothing connects");
 }
 
