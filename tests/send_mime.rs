@@ -513,3 +513,98 @@ fn a_retried_row_does_not_send_again_to_cc_that_already_got_it() {
     );
     assert_eq!(stored[0].rcpts, ["cc@copies.example"]);
 }
+
+/// `--batch-recipients` with MIME templates: one composed message per transaction (Markdown
+/// or `--html` alternatives, a shared and a template attachment), every row's address in one
+/// of the envelopes once.
+#[test]
+fn batches_are_composed_as_mime() {
+    let rows = 7;
+    let list: String = std::iter::once("email,name\n".to_owned())
+        .chain((0..rows).map(|i| format!("r{i}@x.example,R {i}\n")))
+        .collect();
+    let markdown = "From: team@example.org\nTo: news@example.org\nSubject: s\nContent-Type: text/markdown\nAttach: plans/gold.txt\n\n# News\n\n- **one** item\n";
+    let text = "From: team@example.org\nTo: news@example.org\nSubject: s\nAttach: plans/gold.txt\n\nNews, one item.\n";
+    for (template, html) in [
+        (markdown, None),
+        (
+            text,
+            Some("<p>News, <b>one</b> item <img src=\"cid:logo.bin\"></p>\n"),
+        ),
+    ] {
+        let (fx, gold, shared) = mime_fixture();
+        fx.write("list.csv", &list);
+        fx.write("tpl/b.eml", template);
+        let sink = sink_with(SinkConfig::default());
+        let mut c = send(&fx, &host_of(&sink));
+        c.args(["--list", "list.csv", "--template", "tpl/b.eml"])
+            .args(["--attach", "logo.bin", "--batch-recipients", "3"])
+            .args(["--report", "r.csv"]);
+        if let Some(h) = html {
+            fx.write("tpl/b.html", h);
+            c.args(["--html", "tpl/b.html"]);
+        }
+        expect_code(&run(c), 0);
+        let report = read_report(&fx.path("r.csv"));
+        assert_eq!(report.len(), rows);
+        assert!(
+            report.iter().all(|r| r.status == Status::Sent),
+            "{report:?}"
+        );
+        let stored = sink.messages();
+        assert_eq!(stored.len(), 3, "7 rows in transactions of 3, 3 and 1");
+        let mut rcpts: Vec<String> = stored.iter().flat_map(|m| m.rcpts.clone()).collect();
+        rcpts.sort();
+        let mut want: Vec<String> = (0..rows).map(|i| format!("r{i}@x.example")).collect();
+        want.sort();
+        assert_eq!(rcpts, want, "each row's address once");
+        for m in &stored {
+            let v = parse(&m.data);
+            no_defects(&v);
+            let root = &v["root"];
+            assert_eq!(root["content_type"], "multipart/mixed", "{root}");
+            let alt = find(root, "multipart/alternative");
+            assert_eq!(alt.len(), 1, "{root}");
+            assert_eq!(types(alt[0]), ["text/plain", "text/html"]);
+            let html_text = text_of(find(root, "text/html")[0]);
+            assert!(
+                html_text.contains("<b>one</b>") || html_text.contains("<strong>one</strong>"),
+                "{html_text}"
+            );
+            let files: Vec<&Value> = find(root, "application/octet-stream");
+            let logo = files
+                .iter()
+                .find(|p| p["filename"] == "logo.bin")
+                .expect("logo");
+            assert_eq!(payload(logo), shared, "shared attachment byte-equal");
+            if html.is_some() {
+                assert_eq!(
+                    find(root, "multipart/related").len(),
+                    1,
+                    "cid:logo.bin inline"
+                );
+            }
+            let plan = find(root, "text/plain")
+                .into_iter()
+                .find(|p| p["filename"] == "gold.txt")
+                .expect("Attach: plans/gold.txt");
+            assert_eq!(payload(plan), gold, "template attachment byte-equal");
+        }
+    }
+}
+
+#[test]
+fn batches_refuse_cc_and_bcc_fields() {
+    let fx = Fx::new();
+    fx.write("list.csv", "email\na@x.example\nb@x.example\n");
+    fx.write(
+        "t.eml",
+        "From: team@example.org\nTo: news@example.org\nBcc: audit@example.org\nSubject: s\n\nHi\n",
+    );
+    let mut c = send(&fx, "127.0.0.1:9");
+    c.args(["--list", "list.csv", "--template", "t.eml"])
+        .args(["--batch-recipients", "2"]);
+    let out = run(c);
+    expect_code(&out, 64);
+    assert!(out.stderr.contains("Bcc: field"), "{}", out.stderr);
+}

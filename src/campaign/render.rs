@@ -12,9 +12,21 @@ use crate::message::{ComposeOptions, Composer, ComposerOptions, SetupError};
 use crate::template::{RenderOptions, Template, from_address_of};
 
 /// Why `template` cannot go to several recipients per transaction (`--batch-recipients`),
-/// if it cannot: one rendering serves the whole transaction, so no placeholder may use a
-/// list column. `None`: it can.
+/// if it cannot: one rendering serves the whole transaction, so no placeholder (in the
+/// headers, the body or the HTML template) may use a list column; and `Cc:`/`Bcc:` fields
+/// are refused, as their recipients get a copy per row and their outcomes are recorded per
+/// row. `None`: it can (HTML, Markdown and attachments are composed once per transaction).
 pub fn batch_obstacle(template: &Template) -> Option<String> {
+    if let Some(field) = template
+        .header_names()
+        .iter()
+        .find(|h| h.eq_ignore_ascii_case("cc") || h.eq_ignore_ascii_case("bcc"))
+    {
+        return Some(format!(
+            "--batch-recipients cannot be used with a {field}: field in {} (its recipients get one copy per row, with the outcome in that row's report line); leave out --batch-recipients",
+            template.name()
+        ));
+    }
     let vars = template.variables();
     if vars.is_empty() {
         return None;

@@ -156,8 +156,10 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
                     tokio::time::sleep_until(not_before.into()).await;
                 }
                 messages += 1;
-                let smtputf8 = conn.session_ref().capabilities().has(Extensions::SMTPUTF8);
-                if let Some(msg) = render_batch(ctx, smtputf8, jobs, &mut inflight) {
+                let caps = conn.session_ref().capabilities();
+                let smtputf8 = caps.has(Extensions::SMTPUTF8);
+                let eight_bit = caps.has(Extensions::EIGHT_BIT_MIME);
+                if let Some(msg) = render_batch(ctx, (smtputf8, eight_bit), jobs, &mut inflight) {
                     conn.session().send(msg);
                 }
             }
@@ -295,20 +297,22 @@ fn render(
 }
 
 /// Renders one transaction for several jobs (`--batch-recipients`: the template has no
-/// per-row placeholder, so the first row renders the message for all), or reports every
-/// row failed at stage `input`.
+/// per-row placeholder, so the first row renders the message for all, composed as MIME like
+/// a single row's), or reports every row failed at stage `input`.
 fn render_batch(
     ctx: &Ctx,
-    smtputf8: bool,
+    (smtputf8, eight_bit): (bool, bool),
     jobs: Vec<Job>,
     inflight: &mut HashMap<u64, InFlight>,
 ) -> Option<crate::engine::Message> {
     let first = jobs.first()?;
     match ctx
         .renderer
-        .render(&first.row, smtputf8, OffsetDateTime::now_utc())
+        .render_for(&first.row, smtputf8, eight_bit, OffsetDateTime::now_utc())
     {
         Ok(mut r) => {
+            // No `Cc:`/`Bcc:` recipients here: `batch_obstacle` refuses such templates.
+            debug_assert_eq!(r.message.to.len(), 1, "no extra recipients in batches");
             for j in &jobs {
                 if r.sanitized && j.attempts == 0 {
                     let _ = ctx.report.send(ReportMsg::Sanitized);

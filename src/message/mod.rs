@@ -36,10 +36,15 @@
 //!   ([`ComposerOptions::attach_cache`]).
 //! * **Boundaries** are lettre's random 40-character strings, checked against the text parts
 //!   so no value can close a part.
+//! * **Frames**: a message without attachments copies lettre's framing (part headers,
+//!   multipart header, boundary lines), formatted once per shape (the parts' transfer
+//!   encodings), around its bodies, each written once; the frame's boundary is checked against
+//!   every message's bodies, and a message holding it is composed with fresh boundaries.
 
 mod attach;
 mod eml;
 mod error;
+mod frame;
 mod html;
 mod parts;
 #[cfg(test)]
@@ -57,7 +62,7 @@ use crate::template::{
     push_normalized,
 };
 use attach::{AttachDir, Attachment};
-use parts::Content;
+use parts::{Content, TextPart};
 
 /// How to set up a [`Composer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +124,8 @@ pub struct Composer {
     template: Template,
     shared: Vec<Attachment>,
     attach_dir: Option<AttachDir>,
+    /// lettre's framing of messages without attachments, by shape (built on first use).
+    frames: frame::Frames,
 }
 
 /// What the body of the template is, from its `Content-Type` field.
@@ -173,6 +180,7 @@ impl Composer {
             template,
             shared,
             attach_dir,
+            frames: frame::Frames::default(),
         })
     }
 
@@ -229,19 +237,25 @@ impl Composer {
             }
         }
 
-        let mut data = Vec::with_capacity(section.len_hint() + 1024);
-        for field in &kept {
-            field.write(&mut data, opts.render.smtputf8, true);
-        }
-        if let BodyMode::Raw(content_type) = &mode {
+        // The header fields, in a buffer with room for `body` more octets.
+        let head = |body: usize| {
+            let mut data = Vec::with_capacity(section.len_hint() + body + 1024);
+            for field in &kept {
+                field.write(&mut data, opts.render.smtputf8, true);
+            }
+            data
+        };
+        let data = if let BodyMode::Raw(content_type) = &mode {
             if self.template.has_html() || !self.shared.is_empty() || !attach_paths.is_empty() {
                 return Err(ComposeError::RawBody {
                     content_type: content_type.clone(),
                 });
             }
-            data.extend_from_slice(b"\r\n");
             let body = self.template.render_body(&ctx, BodyKind::Plain)?;
+            let mut data = head(body.len() + body.len() / 32);
+            data.extend_from_slice(b"\r\n");
             push_normalized(&mut data, &body);
+            data
         } else {
             let per_row = attach_paths
                 .iter()
@@ -257,15 +271,30 @@ impl Composer {
                 }
             }
             let eight = opts.eight_bit_mime;
-            let node = parts::build(Content {
-                text: parts::text_body(&text, eight),
-                html: html.as_deref().map(|h| parts::text_body(h, eight)),
-                inline,
-                attached,
-            })?;
+            let text = TextPart::new(&text, eight);
+            let html = html.as_deref().map(|h| TextPart::new(h, eight));
+            let bodies = text.len_hint() + html.as_ref().map_or(0, TextPart::len_hint);
+            let mut data = head(bodies);
             data.extend_from_slice(b"MIME-Version: 1.0\r\n");
-            data = node.finish(data)?;
-        }
+            let head = data.len();
+            let framed = inline.is_empty()
+                && attached.is_empty()
+                && self
+                    .frames
+                    .get(text.encoding(), html.as_ref().map(TextPart::encoding))
+                    .is_some_and(|f| f.write(&mut data, &text, html.as_ref()));
+            if !framed {
+                data.truncate(head);
+                let node = parts::build(Content {
+                    text: text.into_body(),
+                    html: html.map(TextPart::into_body),
+                    inline,
+                    attached,
+                })?;
+                data = node.finish(data)?;
+            }
+            data
+        };
         check_crlf_line_lengths(&data)?;
         let eight_bit = !data.is_ascii();
         Ok(Composed {

@@ -11,51 +11,109 @@ use crate::template::{MAX_LINE, push_normalized};
 /// How many fresh boundaries to try before giving up (each is 40 random alphanumerics).
 const BOUNDARY_TRIES: usize = 8;
 
-/// Encodes a text body: CRLF line ends; `7bit` when it is ASCII with no line over 998 octets
+/// A text body and its transfer encoding: `7bit` when it is ASCII with no line over 998 octets
 /// and no NUL, `8bit` likewise for UTF-8 text when `eight_bit` (the server offers 8BITMIME),
-/// otherwise quoted-printable (mostly ASCII) or base64 (lettre's choice), so no line is ever
+/// otherwise quoted-printable (mostly ASCII) or base64 (lettre's encoding), so no line is ever
 /// longer than 998 octets and nothing 8-bit reaches a server that did not offer 8BITMIME.
-pub(crate) fn text_body(text: &str, eight_bit: bool) -> Body {
-    let mut crlf = Vec::with_capacity(text.len() + text.len() / 32 + 2);
-    push_normalized(&mut crlf, text);
-    let fits = memchr::memchr(0, &crlf).is_none() && lines_fit(&crlf);
-    if fits && crlf.is_ascii() {
-        return Body::dangerous_pre_encoded(crlf, ContentTransferEncoding::SevenBit);
+pub(crate) enum TextPart<'a> {
+    /// `7bit` or `8bit`: the rendered text, CRLF-normalized when written (one copy).
+    Verbatim(&'a str, ContentTransferEncoding),
+    /// Quoted-printable or base64, encoded by lettre.
+    Encoded(Body),
+}
+
+impl TextPart<'_> {
+    /// Chooses the encoding of `text` (see [`TextPart`]).
+    pub(crate) fn new(text: &str, eight_bit: bool) -> TextPart<'_> {
+        if fits_verbatim(text.as_bytes()) {
+            if text.is_ascii() {
+                return TextPart::Verbatim(text, ContentTransferEncoding::SevenBit);
+            }
+            if eight_bit {
+                return TextPart::Verbatim(text, ContentTransferEncoding::EightBit);
+            }
+        }
+        let mut crlf = Vec::with_capacity(text.len() + text.len() / 32 + 2);
+        push_normalized(&mut crlf, text);
+        // Quoted-printable while at most a third of the octets need escaping, else base64.
+        let escaped = crlf
+            .iter()
+            .filter(|&&b| !matches!(b, b'\t' | b'\r' | b'\n' | b' '..=b'~'))
+            .count();
+        let encoding = if escaped * 3 <= crlf.len() {
+            ContentTransferEncoding::QuotedPrintable
+        } else {
+            ContentTransferEncoding::Base64
+        };
+        let text = String::from_utf8(crlf).unwrap_or_else(|e| {
+            // `push_normalized` copies a `str`: always UTF-8.
+            String::from_utf8_lossy(e.as_bytes()).into_owned()
+        });
+        TextPart::Encoded(match Body::new_with_encoding(text, encoding) {
+            Ok(body) => body,
+            Err(bytes) => Body::new(bytes),
+        })
     }
-    if fits && eight_bit {
-        return Body::dangerous_pre_encoded(crlf, ContentTransferEncoding::EightBit);
+
+    /// The transfer encoding.
+    pub(crate) fn encoding(&self) -> ContentTransferEncoding {
+        match self {
+            Self::Verbatim(_, encoding) => *encoding,
+            Self::Encoded(body) => body.encoding(),
+        }
     }
-    // Quoted-printable while at most a third of the octets need escaping, else base64.
-    let escaped = crlf
-        .iter()
-        .filter(|&&b| !matches!(b, b'\t' | b'\r' | b'\n' | b' '..=b'~'))
-        .count();
-    let encoding = if escaped * 3 <= crlf.len() {
-        ContentTransferEncoding::QuotedPrintable
-    } else {
-        ContentTransferEncoding::Base64
-    };
-    let text = String::from_utf8(crlf).unwrap_or_else(|e| {
-        // `push_normalized` copies a `str`: always UTF-8.
-        String::from_utf8_lossy(e.as_bytes()).into_owned()
-    });
-    match Body::new_with_encoding(text, encoding) {
-        Ok(body) => body,
-        Err(bytes) => Body::new(bytes),
+
+    /// Appends the encoded body (CRLF line ends) to `out`.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            // An empty text is one empty line, as `push_normalized` makes it in a new buffer.
+            Self::Verbatim("", _) => out.extend_from_slice(b"\r\n"),
+            Self::Verbatim(text, _) => push_normalized(out, text),
+            Self::Encoded(body) => out.extend_from_slice(body.as_ref()),
+        }
+    }
+
+    /// About how many octets [`TextPart::write`] appends.
+    pub(crate) fn len_hint(&self) -> usize {
+        match self {
+            Self::Verbatim(text, _) => text.len() + text.len() / 32 + 2,
+            Self::Encoded(body) => body.len(),
+        }
+    }
+
+    /// The encoded body for lettre.
+    pub(crate) fn into_body(self) -> Body {
+        match self {
+            Self::Verbatim(text, encoding) => {
+                let mut crlf = Vec::with_capacity(text.len() + text.len() / 32 + 2);
+                push_normalized(&mut crlf, text);
+                Body::dangerous_pre_encoded(crlf, encoding)
+            }
+            Self::Encoded(body) => body,
+        }
     }
 }
 
-/// True when no line of `crlf` (every LF ends a line) is longer than [`MAX_LINE`] octets plus
-/// its CR: jumps from LF to LF with `memchr`.
-fn lines_fit(crlf: &[u8]) -> bool {
+/// True if `text` has no NUL and no line (ended by CRLF, LF or a lone CR) over 998 octets:
+/// it can go as it is, CRLF-normalized.
+fn fits_verbatim(text: &[u8]) -> bool {
+    if memchr::memchr(0, text).is_some() {
+        return false;
+    }
     let mut start = 0;
-    for lf in memchr::memchr_iter(b'\n', crlf) {
-        if lf - start > MAX_LINE + 1 {
+    for end in memchr::memchr2_iter(b'\r', b'\n', text) {
+        if end - start > MAX_LINE {
             return false;
         }
-        start = lf + 1;
+        start = end + 1;
     }
-    crlf.len() - start <= MAX_LINE + 1
+    text.len() - start <= MAX_LINE
+}
+
+/// [`TextPart::new`] as a lettre body.
+#[cfg(test)]
+pub(crate) fn text_body(text: &str, eight_bit: bool) -> Body {
+    TextPart::new(text, eight_bit).into_body()
 }
 
 /// A part of the tree.
@@ -77,11 +135,18 @@ impl Node {
 /// attachment, and the attachments' formatted parts to put in their place.
 pub(crate) struct Built<'a> {
     node: Node,
+    /// The boundaries of the multiparts, outermost last.
+    boundaries: Vec<String>,
     /// (the placeholder part as lettre formats it, the attachment part's formatted bytes)
     splices: Vec<(Vec<u8>, &'a [u8])>,
 }
 
 impl Built<'_> {
+    /// The boundaries of the multiparts (none for a single part).
+    pub(crate) fn boundaries(&self) -> &[String] {
+        &self.boundaries
+    }
+
     /// The message: `head` (the header fields before the part's own), then the tree's
     /// headers, a blank line and its body, ending with CRLF. lettre formats the tree with the
     /// small placeholders; each attachment's part, formatted once when it was loaded, is then
@@ -183,7 +248,11 @@ pub(crate) fn build<'a>(content: Content<'a>) -> Result<Built<'a>, ComposeError>
         }
         node = Node::Multi(mixed);
     }
-    Ok(Built { node, splices })
+    Ok(Built {
+        node,
+        boundaries: taken,
+        splices,
+    })
 }
 
 /// An empty multipart whose random boundary occurs in none of `texts` and differs from the
