@@ -27,6 +27,18 @@ Subject: News for {{ name }}\n\
 \n\
 Hello {{ name }}.\n";
 
+/// A bounces instance of Postfix (`None`: skipped) and a fixture with `list` and
+/// [`TEMPLATE`]; the `pipemail send` command for them, reporting to `r.csv`.
+fn start_campaign(list: &str) -> Option<(PostfixSmtpd, Fx, assert_cmd::Command)> {
+    let server = PostfixSmtpd::start_bounces()?;
+    let fx = Fx::new();
+    fx.write("list.csv", list);
+    fx.write("t.eml", TEMPLATE);
+    let mut c = fx.send_to_mta(server.addr());
+    c.args(list_args("list.csv", "t.eml", "r.csv"));
+    Some((server, fx, c))
+}
+
 /// A CSV report as header + records.
 fn read_csv(path: &Path) -> (csv::StringRecord, Vec<csv::StringRecord>) {
     let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -150,12 +162,7 @@ fn summary(stderr: &str) -> &str {
 
 #[test]
 fn postfix_dsns_with_envid_mark_exactly_the_bounced_rows() {
-    let Some(server) = PostfixSmtpd::start_bounces() else {
-        return;
-    };
-    let fx = Fx::new();
-    fx.write(
-        "list.csv",
+    let Some((server, fx, mut c)) = start_campaign(
         "email,name\n\
          ann@example.net,Ann\n\
          bounceme-bob@example.net,Bob\n\
@@ -163,12 +170,15 @@ fn postfix_dsns_with_envid_mark_exactly_the_bounced_rows() {
          bounceme.dave@example.org,Dave\n\
          delayme-erin@example.net,Erin\n\
          frank@example.org,Frank\n",
-    );
-    fx.write("t.eml", TEMPLATE);
-    let mut c = fx.send_to_mta(server.addr());
-    c.args(list_args("list.csv", "t.eml", "r.csv"))
-        .args(["--from", "bounces@example.org"])
-        .args(["--dsn-notify", "failure,delay", "--dsn-ret", "hdrs"]);
+    ) else {
+        return;
+    };
+    c.args(["--from", "bounces@example.org"]).args([
+        "--dsn-notify",
+        "failure,delay",
+        "--dsn-ret",
+        "hdrs",
+    ]);
     let out = run(c);
     // Row 3 is refused at RCPT: exit 1 (some rows failed).
     expect_code(&out, 1);
@@ -207,23 +217,17 @@ fn postfix_dsns_with_envid_mark_exactly_the_bounced_rows() {
 
 #[test]
 fn postfix_bounces_to_verp_senders_mark_exactly_the_bounced_rows() {
-    let Some(server) = PostfixSmtpd::start_bounces() else {
-        return;
-    };
-    let fx = Fx::new();
-    fx.write(
-        "list.csv",
+    let Some((server, fx, mut c)) = start_campaign(
         "email,name\n\
          bounceme1@example.org,One\n\
          two@example.net,Two\n\
          three@example.org,Three\n\
          bounceme-4@example.net,Four\n\
          bounceme5@example.net,Five\n",
-    );
-    fx.write("t.eml", TEMPLATE);
-    let mut c = fx.send_to_mta(server.addr());
-    c.args(list_args("list.csv", "t.eml", "r.csv"))
-        .args(["--from", "bounces+{{ row }}@example.org"]);
+    ) else {
+        return;
+    };
+    c.args(["--from", "bounces+{{ row }}@example.org"]);
     let out = run(c);
     expect_code(&out, 0);
     let rows = read_report(&fx.path("r.csv"));

@@ -46,24 +46,36 @@ struct Run {
 
 impl Run {
     fn outcomes(&self) -> Vec<(MessageId, String, Delivery, Stage, Option<u16>)> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Recipient(o) => Some((
-                    o.message,
-                    o.address.clone(),
-                    o.delivery,
-                    o.stage,
-                    o.reply.as_ref().map(|r| r.code),
-                )),
-                _ => None,
-            })
+        outcomes(&self.events)
+            .into_iter()
+            .map(|(id, address, delivery, stage, code, _)| (id, address, delivery, stage, code))
             .collect()
     }
 
     fn closed(&self) -> Option<&Option<SessionError>> {
         closed(&self.events)
     }
+}
+
+/// One outcome: message, address, delivery, stage, reply code, returned.
+type Outcome = (MessageId, String, Delivery, Stage, Option<u16>, bool);
+
+/// The recipients' outcomes, in order.
+fn outcomes(events: &[Event]) -> Vec<Outcome> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Recipient(o) => Some((
+                o.message,
+                o.address.clone(),
+                o.delivery,
+                o.stage,
+                o.reply.as_ref().map(|r| r.code),
+                o.returned,
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// How the session ended: the `Closed` event's error, if there was the event.

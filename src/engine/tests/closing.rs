@@ -4,26 +4,6 @@
 
 use super::*;
 
-/// One outcome: message, address, delivery, stage, reply code, returned.
-type Outcome = (MessageId, String, Delivery, Stage, Option<u16>, bool);
-
-fn outcomes(events: &[Event]) -> Vec<Outcome> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Recipient(o) => Some((
-                o.message,
-                o.address.clone(),
-                o.delivery,
-                o.stage,
-                o.reply.as_ref().map(|r| r.code),
-                o.returned,
-            )),
-            _ => None,
-        })
-        .collect()
-}
-
 /// Like `run_with`, then EOF when `eof`; the last answer fed as `split` says.
 fn run_eof_with(
     cfg: Config,
