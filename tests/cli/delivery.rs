@@ -57,14 +57,7 @@ fn report_format_follows_the_extension_and_dash_is_stdout() {
     let fx = simple_fixture();
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.jsonl",
-    ]);
+    c.args(list_args("list.csv", "t.eml", "r.jsonl"));
     expect_code(&run(c), 0);
     assert_eq!(read_report(&fx.path("r.jsonl")).len(), 3);
 
@@ -96,15 +89,8 @@ fn rejected_550_fails_at_rcpt_and_450_is_retried_then_deferred() {
         ..SinkConfig::default()
     });
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "2"]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--retries", "2"]);
     let out = run(c);
     expect_code(&out, 1);
     assert!(
@@ -156,15 +142,8 @@ fn reply_421_mid_run_retries_the_rest_on_a_new_session_each_recipient_once() {
         ..SinkConfig::default()
     });
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "2"]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--retries", "2"]);
     let out = run(c);
     expect_code(&out, 0);
 
@@ -197,14 +176,7 @@ fn crlf_in_a_header_value_cannot_inject_a_header() {
     );
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"));
     let out = run(c);
     expect_code(&out, 0);
     assert!(
@@ -255,15 +227,7 @@ fn dot_lines_and_mixed_line_endings_arrive_byte_exact_with_data_and_bdat() {
     ] {
         let sink = plain_sink();
         let mut c = fx.send(&host_of(&sink));
-        c.args([
-            "--list",
-            "list.csv",
-            "--template",
-            "t.eml",
-            "--report",
-            "r.csv",
-        ])
-        .args(extra);
+        c.args(list_args("list.csv", "t.eml", "r.csv")).args(extra);
         let out = run(c);
         expect_code(&out, 0);
         let rows = read_report(&fx.path("r.csv"));

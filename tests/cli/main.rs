@@ -37,7 +37,8 @@ use time::format_description::well_known::{Rfc2822, Rfc3339};
 
 use pipemail::sink::{Fault, FaultPlan, SinkConfig, SinkHandle, StoredMessage};
 use util::{
-    COLUMNS, Fx, RUN_LIMIT, SIMPLE_LIST, SIMPLE_TEMPLATE, expect_code, host_of, rules, run,
+    COLUMNS, Fx, RUN_LIMIT, SIMPLE_LIST, SIMPLE_TEMPLATE, expect_code, host_of, list_args, rules,
+    run,
 };
 
 // ----- fixture -------------------------------------------------------------------------------

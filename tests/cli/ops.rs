@@ -113,14 +113,7 @@ fn shards_equal_one_run(list: &str, rows: usize) {
     one.write("list.csv", list);
     one.write("t.eml", SIMPLE_TEMPLATE);
     let mut c = one.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "all.csv",
-    ]);
+    c.args(list_args("list.csv", "t.eml", "all.csv"));
     expect_code(&run(c), 1);
     let merged = read_report(&fx.path("merged.csv"));
     let all = read_report(&one.path("all.csv"));
@@ -187,14 +180,7 @@ fn dry_run_with_resume_writes_nothing_and_counts_what_a_run_would_send() {
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "first.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ]);
+    c.args(list_args("first.csv", "t.eml", "r.csv"));
     expect_code(&run(c), 0);
     // A journal left by a killed run: a dry run must not consume it.
     fx.write(

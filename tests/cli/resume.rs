@@ -17,15 +17,8 @@ fn resume_sends_only_the_rows_not_sent_before() {
         ..SinkConfig::default()
     });
     let mut c = fx.send(&host_of(&first));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "0"]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--retries", "0"]);
     expect_code(&run(c), 1);
     let old = by_row(&read_report(&fx.path("r.csv")));
     let statuses: Vec<&str> = old.values().map(|r| r.status.as_str()).collect();
@@ -33,15 +26,8 @@ fn resume_sends_only_the_rows_not_sent_before() {
 
     let second = plain_sink();
     let mut c = fx.send(&host_of(&second));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r2.csv",
-    ])
-    .args(["--resume", "r.csv"]);
+    c.args(list_args("list.csv", "t.eml", "r2.csv"))
+        .args(["--resume", "r.csv"]);
     let out = run(c);
     expect_code(&out, 0);
     assert_eq!(
@@ -91,29 +77,15 @@ fn resume_may_write_over_the_report_it_resumes_from() {
         ..SinkConfig::default()
     });
     let mut c = fx.send(&host_of(&first));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.json",
-    ])
-    .args(["--retries", "0"]);
+    c.args(list_args("list.csv", "t.eml", "r.json"))
+        .args(["--retries", "0"]);
     expect_code(&run(c), 1);
     let old = by_row(&read_report(&fx.path("r.json")));
 
     let second = plain_sink();
     let mut c = fx.send(&host_of(&second));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.json",
-    ])
-    .args(["--resume", "r.json"]);
+    c.args(list_args("list.csv", "t.eml", "r.json"))
+        .args(["--resume", "r.json"]);
     expect_code(&run(c), 0);
     let new = by_row(&read_report(&fx.path("r.json")));
     assert_eq!(new.len(), 3);
@@ -184,14 +156,7 @@ fn slow_fixture() -> (Fx, SinkHandle) {
 fn start_slow_run(fx: &Fx, sink: &SinkHandle) -> std::process::Child {
     let mut child = fx
         .send_std(&host_of(sink))
-        .args([
-            "--list",
-            "list.csv",
-            "--template",
-            "t.eml",
-            "--report",
-            "r.csv",
-        ])
+        .args(list_args("list.csv", "t.eml", "r.csv"))
         .args(["--window", &KILL_WINDOW.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -260,15 +225,8 @@ fn kill_9_then_resume_delivers_every_row_with_duplicates_only_from_in_flight_row
         in_flight,
     } = killed_run();
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r2.csv",
-    ])
-    .args(["--resume", "r.csv"]);
+    c.args(list_args("list.csv", "t.eml", "r2.csv"))
+        .args(["--resume", "r.csv"]);
     let out = run(c);
     expect_code(&out, 0);
 
@@ -328,15 +286,8 @@ fn kill_9_then_resume_with_skip_unknown_sends_nothing_twice() {
         in_flight,
     } = killed_run();
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r2.csv",
-    ])
-    .args(["--resume", "r.csv", "--skip-unknown"]);
+    c.args(list_args("list.csv", "t.eml", "r2.csv"))
+        .args(["--resume", "r.csv", "--skip-unknown"]);
     let out = run(c);
     // Rows whose fate is unknown are reported as such: the run is not all good.
     expect_code(&out, if in_flight.is_empty() { 0 } else { 1 });
@@ -423,15 +374,8 @@ fn ctrl_c_finishes_messages_in_flight_and_reports_the_rest_deferred() {
 
     // A resumed run sends exactly the rest.
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r2.csv",
-    ])
-    .args(["--resume", "r.csv"]);
+    c.args(list_args("list.csv", "t.eml", "r2.csv"))
+        .args(["--resume", "r.csv"]);
     expect_code(&run(c), 0);
     let got = deliveries(&sink.messages());
     assert_eq!(got.len(), KILL_ROWS as usize);

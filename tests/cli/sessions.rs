@@ -15,15 +15,8 @@ fn max_per_connection_starts_a_fresh_session_every_two_messages() {
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--max-per-connection", "2"]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--max-per-connection", "2"]);
     expect_code(&run(c), 0);
     assert_eq!(sink.stats().sessions, 3, "ceil(5 / 2) sessions");
     let msgs = sink.messages();
@@ -48,15 +41,8 @@ fn four_connections_send_every_row_once() {
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.jsonl",
-    ])
-    .args(["--connections", "4", "--window", "3"]);
+    c.args(list_args("list.csv", "t.eml", "r.jsonl"))
+        .args(["--connections", "4", "--window", "3"]);
     expect_code(&run(c), 0);
     let rows = by_row(&read_report(&fx.path("r.jsonl")));
     assert_eq!(
@@ -120,16 +106,9 @@ fn auth_over_starttls_delivers_and_never_shows_the_password() {
         ..SinkConfig::default()
     });
     let mut c = fx.send_tls(&host_of(&sink), "starttls");
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--ca-file", "cert.pem", "--auth-user", "u", "-v"])
-    .env("PIPEMAIL_PASSWORD", PASSWORD);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--ca-file", "cert.pem", "--auth-user", "u", "-v"])
+        .env("PIPEMAIL_PASSWORD", PASSWORD);
     let out = run(c);
     expect_code(&out, 0);
     assert!(out.stderr.contains("C: STARTTLS"), "{out}");
@@ -168,16 +147,9 @@ fn auth_over_plaintext_is_refused_unless_allowed() {
         ..SinkConfig::default()
     });
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--auth-user", "u", "-v", "--retries", "2"])
-    .env("PIPEMAIL_PASSWORD", PASSWORD);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--auth-user", "u", "-v", "--retries", "2"])
+        .env("PIPEMAIL_PASSWORD", PASSWORD);
     let out = run(c);
     expect_code(&out, 69);
     assert!(!out.stderr.contains("C: AUTH"), "no AUTH was sent\n{out}");
@@ -187,16 +159,9 @@ fn auth_over_plaintext_is_refused_unless_allowed() {
     assert_eq!(sink.stats().sessions, 1, "refusing AUTH is not retried");
 
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--auth-user", "u", "-v", "--allow-plaintext-auth"])
-    .env("PIPEMAIL_PASSWORD", PASSWORD);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--auth-user", "u", "-v", "--allow-plaintext-auth"])
+        .env("PIPEMAIL_PASSWORD", PASSWORD);
     let out = run(c);
     expect_code(&out, 0);
     assert!(out.stderr.contains("S: 235"), "{out}");
@@ -230,15 +195,8 @@ fn self_signed_certificate_is_rejected_without_ca_file_or_insecure() {
         ..SinkConfig::default()
     });
     let mut c = fx.send_tls(&host_of(&sink), "starttls");
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "2"]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--retries", "2"]);
     let out = run(c);
     expect_code(&out, 69);
     assert!(out.stderr.contains("certificate"), "{out}");
