@@ -135,6 +135,18 @@ pub fn types(part: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// The text and the HTML of a message whose `root` is `multipart/alternative` with the
+/// text part first and the HTML part last.
+pub fn alternative_texts(root: &Value) -> (String, String) {
+    assert_eq!(root["content_type"], "multipart/alternative");
+    assert_eq!(
+        types(root),
+        ["text/plain", "text/html"],
+        "text first, HTML last"
+    );
+    (text_of(&root["parts"][0]), text_of(&root["parts"][1]))
+}
+
 pub fn no_defects(v: &Value) {
     fn walk(p: &Value) {
         assert_eq!(p["defects"], Value::Array(vec![]), "{p}");
