@@ -127,13 +127,7 @@ fn rejected_550_fails_at_rcpt_and_450_is_retried_then_deferred() {
 
 #[test]
 fn reply_421_mid_run_retries_the_rest_on_a_new_session_each_recipient_once() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=5 {
-        list += &format!("r{i}@x.example,R{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('r', 1..=5);
     // Units of session 0: 0 EHLO, 1 MAIL, 2 RCPT, 3 BDAT (row 1), 4 MAIL (row 2) -> 421.
     let sink = start_sink(SinkConfig {
         faults: Some(FaultPlan {

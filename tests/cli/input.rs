@@ -49,13 +49,7 @@ fn list_and_template_both_from_stdin_is_a_usage_error() {
 
 #[test]
 fn three_shards_cover_the_list_exactly_once() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=10 {
-        list += &format!("s{i}@x.example,S{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('s', 1..=10);
     let sink = plain_sink();
     let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
     for k in 1..=3u64 {

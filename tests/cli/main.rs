@@ -307,6 +307,20 @@ fn simple_fixture() -> Fx {
     fx
 }
 
+/// A fixture whose `list.csv` has a row `{p}{i}@x.example,{P}{i}` (`P` the upper case of
+/// `p`) for each `i` of `rows`, and [`SIMPLE_TEMPLATE`] as `t.eml`.
+fn numbered_fixture<T: std::fmt::Display>(p: char, rows: impl IntoIterator<Item = T>) -> Fx {
+    let fx = Fx::new();
+    let upper = p.to_ascii_uppercase();
+    let mut list = String::from("email,name\n");
+    for i in rows {
+        list += &format!("{p}{i}@x.example,{upper}{i}\n");
+    }
+    fx.write("list.csv", &list);
+    fx.write("t.eml", SIMPLE_TEMPLATE);
+    fx
+}
+
 /// Every row `deferred` at stage `connect`, never attempted.
 #[track_caller]
 fn assert_all_deferred_at_connect(rows: &[Row], n: usize) {

@@ -251,13 +251,7 @@ fn screen_lines(raw: &str) -> Vec<String> {
 
 #[test]
 fn progress_line_fits_80_and_120_columns_with_whole_rates_and_the_saving() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 0..60 {
-        list.push_str(&format!("p{i}@x.example,P{i}\n"));
-    }
-    fx.write("list.csv", list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('p', 0..60);
     let sink = plain_sink();
     let bin = env!("CARGO_BIN_EXE_pipemail");
     // (columns, list): a list file has a known total (bar and ETA); stdin has none (spinner).

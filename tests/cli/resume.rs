@@ -137,13 +137,7 @@ struct Killed {
 
 /// The list and sink of the interrupted runs: 40 rows, a sink 50 ms away.
 fn slow_fixture() -> (Fx, SinkHandle) {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=KILL_ROWS {
-        list += &format!("k{i}@x.example,K{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('k', 1..=KILL_ROWS);
     let sink = start_sink(SinkConfig {
         latency: Duration::from_millis(50),
         ..SinkConfig::default()

@@ -6,13 +6,7 @@ use super::*;
 
 #[test]
 fn max_per_connection_starts_a_fresh_session_every_two_messages() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=5 {
-        list += &format!("m{i}@x.example,M{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('m', 1..=5);
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
     c.args(list_args("list.csv", "t.eml", "r.csv"))
@@ -32,13 +26,7 @@ fn max_per_connection_starts_a_fresh_session_every_two_messages() {
 
 #[test]
 fn four_connections_send_every_row_once() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=40 {
-        list += &format!("c{i}@x.example,C{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('c', 1..=40);
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
     c.args(list_args("list.csv", "t.eml", "r.jsonl"))
@@ -254,13 +242,7 @@ fn server_without_pipelining_gets_lock_step_and_a_warning() {
 /// and the server's reply, and the summary line names the level used.
 #[test]
 fn refusing_after_the_dot_warns_once_and_the_summary_names_the_level() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=60 {
-        list += &format!("d{i}@x.example,D{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('d', 1..=60);
     let sink = util::sink_with(SinkConfig {
         keep_in_memory: true,
         chunking: false,
