@@ -4,32 +4,44 @@ use super::*;
 
 // ----- resume --------------------------------------------------------------------------------
 
-#[test]
-fn resume_sends_only_the_rows_not_sent_before() {
+/// A fixture with `list` and [`SIMPLE_TEMPLATE`] after a first run (`--retries 0`, exit 1)
+/// to a sink that defers every `@slow.example` address, reporting to `report`; that
+/// report by row.
+fn deferred_slow_rows(list: &str, report: &str) -> (Fx, BTreeMap<u64, Row>) {
     let fx = Fx::new();
-    fx.write(
-        "list.csv",
-        "email,name\na@x.example,A\ns1@slow.example,S1\nb@x.example,B\ns2@slow.example,S2\n",
-    );
+    fx.write("list.csv", list);
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let first = start_sink(SinkConfig {
         reject: rules(&["450:*@slow.example"]),
         ..SinkConfig::default()
     });
     let mut c = fx.send(&host_of(&first));
-    c.args(list_args("list.csv", "t.eml", "r.csv"))
+    c.args(list_args("list.csv", "t.eml", report))
         .args(["--retries", "0"]);
     expect_code(&run(c), 1);
-    let old = by_row(&read_report(&fx.path("r.csv")));
+    let old = by_row(&read_report(&fx.path(report)));
+    (fx, old)
+}
+
+/// `send --resume FROM` of the fixture's list to `sink`, reporting to `report`.
+fn resume(fx: &Fx, sink: &SinkHandle, report: &str, from: &str) -> util::Out {
+    let mut c = fx.send(&host_of(sink));
+    c.args(list_args("list.csv", "t.eml", report))
+        .args(["--resume", from]);
+    run(c)
+}
+
+#[test]
+fn resume_sends_only_the_rows_not_sent_before() {
+    let (fx, old) = deferred_slow_rows(
+        "email,name\na@x.example,A\ns1@slow.example,S1\nb@x.example,B\ns2@slow.example,S2\n",
+        "r.csv",
+    );
     let statuses: Vec<&str> = old.values().map(|r| r.status.as_str()).collect();
     assert_eq!(statuses, ["sent", "deferred", "sent", "deferred"]);
 
     let second = plain_sink();
-    let mut c = fx.send(&host_of(&second));
-    c.args(list_args("list.csv", "t.eml", "r2.csv"))
-        .args(["--resume", "r.csv"]);
-    let out = run(c);
-    expect_code(&out, 0);
+    expect_code(&resume(&fx, &second, "r2.csv", "r.csv"), 0);
     assert_eq!(
         deliveries(&second.messages()),
         BTreeMap::from([
@@ -66,27 +78,13 @@ fn resume_sends_only_the_rows_not_sent_before() {
 
 #[test]
 fn resume_may_write_over_the_report_it_resumes_from() {
-    let fx = Fx::new();
-    fx.write(
-        "list.csv",
+    let (fx, old) = deferred_slow_rows(
         "email,name\na@x.example,A\ns1@slow.example,S1\nb@x.example,B\n",
+        "r.json",
     );
-    fx.write("t.eml", SIMPLE_TEMPLATE);
-    let first = start_sink(SinkConfig {
-        reject: rules(&["450:*@slow.example"]),
-        ..SinkConfig::default()
-    });
-    let mut c = fx.send(&host_of(&first));
-    c.args(list_args("list.csv", "t.eml", "r.json"))
-        .args(["--retries", "0"]);
-    expect_code(&run(c), 1);
-    let old = by_row(&read_report(&fx.path("r.json")));
 
     let second = plain_sink();
-    let mut c = fx.send(&host_of(&second));
-    c.args(list_args("list.csv", "t.eml", "r.json"))
-        .args(["--resume", "r.json"]);
-    expect_code(&run(c), 0);
+    expect_code(&resume(&fx, &second, "r.json", "r.json"), 0);
     let new = by_row(&read_report(&fx.path("r.json")));
     assert_eq!(new.len(), 3);
     assert_eq!(new[&1], old[&1]);
