@@ -1042,7 +1042,7 @@ fn drop_after_dot_over_a_socket() {
 
 #[test]
 fn binary_refuse_after_dot_answers_as_specified() {
-    let sink = SinkProcess::spawn(&["--refuse-after-dot"]);
+    let sink = SinkProcess::spawn(["--refuse-after-dot"]);
     let mut c = Client::open(sink.addr);
     refused_then_lock_step(&mut c);
     let (code, stderr) = sink.stop();
@@ -1052,7 +1052,7 @@ fn binary_refuse_after_dot_answers_as_specified() {
 
 #[test]
 fn binary_fault_flags_apply_per_session() {
-    let sink = SinkProcess::spawn(&["--fault", "421=1", "--fault", "reply-code=0:451@1-2"]);
+    let sink = SinkProcess::spawn(["--fault", "421=1", "--fault", "reply-code=0:451@1-2"]);
     let mut c = Client::open(sink.addr);
     c.expect("EHLO c", 250);
     let r = c.cmd("MAIL FROM:<a@x.example>");
