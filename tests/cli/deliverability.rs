@@ -214,10 +214,7 @@ fn a_templated_from_gives_each_row_its_own_envelope_sender() {
         "bounces+3@example.org"
     );
     // A sender that renders invalid fails that row at stage input.
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r.csv"))
-        .args(["--from", "{{ name }} <x@example.org>"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &["--from", "{{ name }} <x@example.org>"]);
     expect_code(&out, 1);
     let rows = read_report(&fx.path("r.csv"));
     assert!(

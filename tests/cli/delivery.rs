@@ -56,9 +56,7 @@ fn send_all_sent_report_rows_and_stored_messages_match_in_every_format() {
 fn report_format_follows_the_extension_and_dash_is_stdout() {
     let fx = simple_fixture();
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r.jsonl"));
-    expect_code(&run(c), 0);
+    expect_code(&fx.send_list(&sink, "r.jsonl", &[]), 0);
     assert_eq!(read_report(&fx.path("r.jsonl")).len(), 3);
 
     let mut c = fx.send(&host_of(&sink));
@@ -88,10 +86,7 @@ fn rejected_550_fails_at_rcpt_and_450_is_retried_then_deferred() {
         reject: rules(&["550:*@bad.example", "450:*@slow.example"]),
         ..SinkConfig::default()
     });
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r.csv"))
-        .args(["--retries", "2"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &["--retries", "2"]);
     expect_code(&out, 1);
     assert!(
         out.stderr.contains("3 rows: 1 sent, 1 failed, 1 deferred"),
@@ -135,10 +130,7 @@ fn reply_421_mid_run_retries_the_rest_on_a_new_session_each_recipient_once() {
         }),
         ..SinkConfig::default()
     });
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r.csv"))
-        .args(["--retries", "2"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &["--retries", "2"]);
     expect_code(&out, 0);
 
     let rows = by_row(&read_report(&fx.path("r.csv")));
@@ -169,9 +161,7 @@ fn crlf_in_a_header_value_cannot_inject_a_header() {
         "From: a@example.org\nTo: {{ email }}\nSubject: {{ subject }}\n\nbody\n",
     );
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r.csv"));
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &[]);
     expect_code(&out, 0);
     assert!(
         out.stderr

@@ -166,10 +166,7 @@ fn exit_75_when_every_recipient_is_deferred() {
         reject: rules(&["450:*"]),
         ..SinkConfig::default()
     });
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r.csv"))
-        .args(["--retries", "1"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &["--retries", "1"]);
     expect_code(&out, 75);
     assert!(
         out.stderr.contains("pipemail: hint: nothing was delivered"),

@@ -226,9 +226,7 @@ fn repeated_address_is_skipped_case_insensitively() {
     );
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r.csv"));
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &[]);
     expect_code(&out, 0);
     assert!(
         out.stderr
@@ -290,9 +288,7 @@ fn invalid_addresses_fail_at_stage_input_and_are_never_sent() {
     );
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r.csv"));
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &[]);
     expect_code(&out, 1);
     let rows = by_row(&read_report(&fx.path("r.csv")));
     assert_eq!(rows.len(), 4);

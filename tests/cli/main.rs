@@ -49,6 +49,14 @@ impl Fx {
         self.send_tls(host, "none")
     }
 
+    /// Runs [`Fx::send`] to `sink` of `list.csv` with `t.eml`, reporting to `report`, with
+    /// the `extra` flags.
+    fn send_list(&self, sink: &SinkHandle, report: &str, extra: &[&str]) -> util::Out {
+        let mut c = self.send(&host_of(sink));
+        c.args(list_args("list.csv", "t.eml", report)).args(extra);
+        run(c)
+    }
+
     /// Like [`Fx::send`] with `--tls MODE`.
     fn send_tls(&self, host: &str, mode: &str) -> assert_cmd::Command {
         let mut c = self.cmd();

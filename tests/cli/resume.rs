@@ -25,10 +25,7 @@ fn deferred_slow_rows(list: &str, report: &str) -> (Fx, BTreeMap<u64, Row>) {
 
 /// `send --resume FROM` of the fixture's list to `sink`, reporting to `report`.
 fn resume(fx: &Fx, sink: &SinkHandle, report: &str, from: &str) -> util::Out {
-    let mut c = fx.send(&host_of(sink));
-    c.args(list_args("list.csv", "t.eml", report))
-        .args(["--resume", from]);
-    run(c)
+    fx.send_list(sink, report, &["--resume", from])
 }
 
 #[test]
@@ -216,10 +213,7 @@ fn kill_9_then_resume_delivers_every_row_with_duplicates_only_from_in_flight_row
         rows: first,
         in_flight,
     } = killed_run();
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r2.csv"))
-        .args(["--resume", "r.csv"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r2.csv", &["--resume", "r.csv"]);
     expect_code(&out, 0);
 
     let last = by_row(&read_report(&fx.path("r2.csv")));
@@ -277,10 +271,7 @@ fn kill_9_then_resume_with_skip_unknown_sends_nothing_twice() {
         rows: first,
         in_flight,
     } = killed_run();
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r2.csv"))
-        .args(["--resume", "r.csv", "--skip-unknown"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r2.csv", &["--resume", "r.csv", "--skip-unknown"]);
     // Rows whose fate is unknown are reported as such: the run is not all good.
     expect_code(&out, if in_flight.is_empty() { 0 } else { 1 });
 
@@ -365,10 +356,7 @@ fn ctrl_c_finishes_messages_in_flight_and_reports_the_rest_deferred() {
     );
 
     // A resumed run sends exactly the rest.
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r2.csv"))
-        .args(["--resume", "r.csv"]);
-    expect_code(&run(c), 0);
+    expect_code(&fx.send_list(&sink, "r2.csv", &["--resume", "r.csv"]), 0);
     let got = deliveries(&sink.messages());
     assert_eq!(got.len(), KILL_ROWS as usize);
     assert!(got.values().all(|n| *n == 1), "{got:?}");

@@ -8,10 +8,8 @@ use super::*;
 fn max_per_connection_starts_a_fresh_session_every_two_messages() {
     let fx = numbered_fixture('m', 1..=5);
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r.csv"))
-        .args(["--max-per-connection", "2"]);
-    expect_code(&run(c), 0);
+    let out = fx.send_list(&sink, "r.csv", &["--max-per-connection", "2"]);
+    expect_code(&out, 0);
     assert_eq!(sink.stats().sessions, 3, "ceil(5 / 2) sessions");
     let msgs = sink.messages();
     let mut per_session: HashMap<u64, usize> = HashMap::new();
@@ -28,10 +26,8 @@ fn max_per_connection_starts_a_fresh_session_every_two_messages() {
 fn four_connections_send_every_row_once() {
     let fx = numbered_fixture('c', 1..=40);
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args(list_args("list.csv", "t.eml", "r.jsonl"))
-        .args(["--connections", "4", "--window", "3"]);
-    expect_code(&run(c), 0);
+    let out = fx.send_list(&sink, "r.jsonl", &["--connections", "4", "--window", "3"]);
+    expect_code(&out, 0);
     let rows = by_row(&read_report(&fx.path("r.jsonl")));
     assert_eq!(
         rows.keys().copied().collect::<Vec<_>>(),
