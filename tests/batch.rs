@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pipemail::report::Status;
 use pipemail::sink::{SinkConfig, SinkHandle};
-use util::{Fx, expect_code, run};
+use util::{Fx, expect_code, list_args, run};
 
 const ANNOUNCEMENT: &str = "From: News <news@example.org>\n\
 To: undisclosed-recipients:;\n\
@@ -71,14 +71,7 @@ fn spawn(fx: &Fx, sink: SocketAddr, bdat: bool, resume: bool, report: &str) -> C
         .args(["--retries", "3", "--retry-delay", "1ms", "--timeout", "30s"])
         .args(["--window", &WINDOW.to_string()])
         .args(["--batch-recipients", &BATCH.to_string()])
-        .args([
-            "--list",
-            "list.csv",
-            "--template",
-            "t.eml",
-            "--report",
-            report,
-        ])
+        .args(list_args("list.csv", "t.eml", report))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use pipemail::report::Status;
 use support::PostfixSmtpd;
-use util::{Fx, expect_code, read_report, run};
+use util::{Fx, expect_code, list_args, read_report, run};
 
 /// Bounded wait for Postfix's DSNs; they normally arrive within a second.
 const DSN_WAIT: Duration = Duration::from_secs(60);
@@ -26,6 +26,18 @@ To: {{ name }} <{{ email }}>\n\
 Subject: News for {{ name }}\n\
 \n\
 Hello {{ name }}.\n";
+
+/// A bounces instance of Postfix (`None`: skipped) and a fixture with `list` and
+/// [`TEMPLATE`]; the `pipemail send` command for them, reporting to `r.csv`.
+fn start_campaign(list: &str) -> Option<(PostfixSmtpd, Fx, assert_cmd::Command)> {
+    let server = PostfixSmtpd::start_bounces()?;
+    let fx = Fx::new();
+    fx.write("list.csv", list);
+    fx.write("t.eml", TEMPLATE);
+    let mut c = fx.send_to_mta(server.addr());
+    c.args(list_args("list.csv", "t.eml", "r.csv"));
+    Some((server, fx, c))
+}
 
 /// A CSV report as header + records.
 fn read_csv(path: &Path) -> (csv::StringRecord, Vec<csv::StringRecord>) {
@@ -103,6 +115,39 @@ fn check_bounced(before: &Path, out: &Path, bounced: &[u64]) {
     }
 }
 
+/// Waits (bounded) for Postfix's 5 files (deliveries, bounces, delay notices) and checks
+/// its log names `non_delivery` bounces; returns the files and the log.
+fn wait_for_dsns(server: &PostfixSmtpd, non_delivery: usize) -> (Vec<Vec<u8>>, String) {
+    let files = server.wait_for_messages(5, DSN_WAIT);
+    assert_eq!(files.len(), 5, "{}", server.maillog());
+    let log = server.maillog();
+    assert_eq!(
+        log.matches("sender non-delivery notification").count(),
+        non_delivery,
+        "{log}"
+    );
+    (files, log)
+}
+
+/// Runs `pipemail bounces` on `r.csv` and the instance's Maildir (its summary must be
+/// `expected`, with no unmatched bounce), then on a copy of `r.csv` without Message-IDs,
+/// where the same bounces match by ENVID or VERP address: each time exactly the rows
+/// `bounced` become `bounced`.
+fn check_bounces(fx: &Fx, server: &PostfixSmtpd, expected: &str, bounced: &[u64]) {
+    let maildir = server.maildir();
+    let err = bounces(fx, &fx.path("r.csv"), &maildir, "b.csv");
+    assert_eq!(summary(&err), expected, "{err}");
+    assert!(!err.contains("unmatched bounce"), "{err}");
+    check_bounced(&fx.path("r.csv"), &fx.path("b.csv"), bounced);
+
+    without_message_ids(&fx.path("r.csv"), &fx.path("r-noid.csv"));
+    let err = bounces(fx, &fx.path("r-noid.csv"), &maildir, "b-noid.csv");
+    let n = bounced.len();
+    let matched = format!("5 messages: {n} bounces matched ({n} rows bounced), 0 unmatched");
+    assert!(summary(&err).starts_with(&matched), "{err}");
+    check_bounced(&fx.path("r-noid.csv"), &fx.path("b-noid.csv"), bounced);
+}
+
 /// The summary line `pipemail bounces` prints last on stderr, without its `pipemail: `.
 fn summary(stderr: &str) -> &str {
     stderr
@@ -117,12 +162,7 @@ fn summary(stderr: &str) -> &str {
 
 #[test]
 fn postfix_dsns_with_envid_mark_exactly_the_bounced_rows() {
-    let Some(server) = PostfixSmtpd::start_bounces() else {
-        return;
-    };
-    let fx = Fx::new();
-    fx.write(
-        "list.csv",
+    let Some((server, fx, mut c)) = start_campaign(
         "email,name\n\
          ann@example.net,Ann\n\
          bounceme-bob@example.net,Bob\n\
@@ -130,27 +170,15 @@ fn postfix_dsns_with_envid_mark_exactly_the_bounced_rows() {
          bounceme.dave@example.org,Dave\n\
          delayme-erin@example.net,Erin\n\
          frank@example.org,Frank\n",
-    );
-    fx.write("t.eml", TEMPLATE);
-    let mut c = fx.cmd();
-    c.args([
-        "send",
-        "--host",
-        &server.addr().to_string(),
-        "--tls",
-        "none",
-    ])
-    .args(["--helo", "client.test", "--quiet", "--timeout", "60s"])
-    .args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--from", "bounces@example.org"])
-    .args(["--dsn-notify", "failure,delay", "--dsn-ret", "hdrs"]);
+    ) else {
+        return;
+    };
+    c.args(["--from", "bounces@example.org"]).args([
+        "--dsn-notify",
+        "failure,delay",
+        "--dsn-ret",
+        "hdrs",
+    ]);
     let out = run(c);
     // Row 3 is refused at RCPT: exit 1 (some rows failed).
     expect_code(&out, 1);
@@ -163,14 +191,7 @@ fn postfix_dsns_with_envid_mark_exactly_the_bounced_rows() {
 
     // Delivered: rows 1 and 6; Postfix's own mail: bounces for rows 2 and 4 and a delay
     // notice for row 5. Nothing else is expected, so waiting for 5 files is exact.
-    let files = server.wait_for_messages(5, DSN_WAIT);
-    assert_eq!(files.len(), 5, "{}", server.maillog());
-    let log = server.maillog();
-    assert_eq!(
-        log.matches("sender non-delivery notification").count(),
-        2,
-        "{log}"
-    );
+    let (files, log) = wait_for_dsns(&server, 2);
     assert_eq!(log.matches("sender delay notification").count(), 1, "{log}");
     // RET=HDRS: the bounces return headers only, with the ENVID pipemail sent.
     let dsns: Vec<String> = files
@@ -184,75 +205,36 @@ fn postfix_dsns_with_envid_mark_exactly_the_bounced_rows() {
         assert!(t.contains("Original-Envelope-Id: "), "{t}");
     }
 
-    let maildir = server.maildir();
-    let err = bounces(&fx, &fx.path("r.csv"), &maildir, "b.csv");
-    assert_eq!(
-        summary(&err),
-        "5 messages: 2 bounces matched (2 rows bounced), 0 unmatched, 1 delay/other notices, 2 not bounces",
-        "{err}"
-    );
-    assert!(!err.contains("unmatched bounce"), "{err}");
-    check_bounced(&fx.path("r.csv"), &fx.path("b.csv"), &[2, 4]);
-
     // Without Message-IDs in the report the same rows match by Original-Envelope-Id.
-    without_message_ids(&fx.path("r.csv"), &fx.path("r-noid.csv"));
-    let err = bounces(&fx, &fx.path("r-noid.csv"), &maildir, "b-noid.csv");
-    assert!(
-        summary(&err).starts_with("5 messages: 2 bounces matched (2 rows bounced), 0 unmatched"),
-        "{err}"
+    check_bounces(
+        &fx,
+        &server,
+        "5 messages: 2 bounces matched (2 rows bounced), 0 unmatched, 1 delay/other notices, 2 not bounces",
+        &[2, 4],
     );
-    check_bounced(&fx.path("r-noid.csv"), &fx.path("b-noid.csv"), &[2, 4]);
     assert_eq!(server.messages().len(), 5, "{}", server.maillog());
 }
 
 #[test]
 fn postfix_bounces_to_verp_senders_mark_exactly_the_bounced_rows() {
-    let Some(server) = PostfixSmtpd::start_bounces() else {
-        return;
-    };
-    let fx = Fx::new();
-    fx.write(
-        "list.csv",
+    let Some((server, fx, mut c)) = start_campaign(
         "email,name\n\
          bounceme1@example.org,One\n\
          two@example.net,Two\n\
          three@example.org,Three\n\
          bounceme-4@example.net,Four\n\
          bounceme5@example.net,Five\n",
-    );
-    fx.write("t.eml", TEMPLATE);
-    let mut c = fx.cmd();
-    c.args([
-        "send",
-        "--host",
-        &server.addr().to_string(),
-        "--tls",
-        "none",
-    ])
-    .args(["--helo", "client.test", "--quiet", "--timeout", "60s"])
-    .args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--from", "bounces+{{ row }}@example.org"]);
+    ) else {
+        return;
+    };
+    c.args(["--from", "bounces+{{ row }}@example.org"]);
     let out = run(c);
     expect_code(&out, 0);
     let rows = read_report(&fx.path("r.csv"));
     assert!(rows.iter().all(|r| r.status == Status::Sent), "{rows:?}");
 
     // Delivered: rows 2 and 3; bounces for rows 1, 4 and 5, each to its own return path.
-    let files = server.wait_for_messages(5, DSN_WAIT);
-    assert_eq!(files.len(), 5, "{}", server.maillog());
-    let log = server.maillog();
-    assert_eq!(
-        log.matches("sender non-delivery notification").count(),
-        3,
-        "{log}"
-    );
+    let (files, _) = wait_for_dsns(&server, 3);
     assert!(
         files
             .iter()
@@ -271,21 +253,11 @@ fn postfix_bounces_to_verp_senders_mark_exactly_the_bounced_rows() {
         );
     }
 
-    let maildir = server.maildir();
-    let err = bounces(&fx, &fx.path("r.csv"), &maildir, "b.csv");
-    assert_eq!(
-        summary(&err),
-        "5 messages: 3 bounces matched (3 rows bounced), 0 unmatched, 0 delay/other notices, 2 not bounces",
-        "{err}"
-    );
-    check_bounced(&fx.path("r.csv"), &fx.path("b.csv"), &[1, 4, 5]);
-
     // No DSN was asked for, so no ENVID: without Message-IDs the VERP address matches.
-    without_message_ids(&fx.path("r.csv"), &fx.path("r-noid.csv"));
-    let err = bounces(&fx, &fx.path("r-noid.csv"), &maildir, "b-noid.csv");
-    assert!(
-        summary(&err).starts_with("5 messages: 3 bounces matched (3 rows bounced), 0 unmatched"),
-        "{err}"
+    check_bounces(
+        &fx,
+        &server,
+        "5 messages: 3 bounces matched (3 rows bounced), 0 unmatched, 0 delay/other notices, 2 not bounces",
+        &[1, 4, 5],
     );
-    check_bounced(&fx.path("r-noid.csv"), &fx.path("b-noid.csv"), &[1, 4, 5]);
 }

@@ -4,7 +4,7 @@
 mod util;
 
 use pipemail::sink::SinkConfig;
-use util::{Fx, SIMPLE_LIST, SIMPLE_TEMPLATE, expect_code, host_of, run, sink_with};
+use util::{Fx, SIMPLE_LIST, SIMPLE_TEMPLATE, expect_code, host_of, list_args, run, sink_with};
 
 /// Writes `config.toml` with owner-only permissions.
 fn config(fx: &Fx, text: &str) {
@@ -296,14 +296,7 @@ fn send_with_a_profile_and_a_password_command() {
     );
     let mut c = fx.cmd();
     c.args(["send", "--profile", "news", "--config", "config.toml", "-v"])
-        .args([
-            "--list",
-            "list.csv",
-            "--template",
-            "t.eml",
-            "--report",
-            "r.csv",
-        ]);
+        .args(list_args("list.csv", "t.eml", "r.csv"));
     let out = run(c);
     expect_code(&out, 0);
     let rows = SIMPLE_LIST.lines().count() as u64 - 1;

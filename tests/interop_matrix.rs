@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use pipemail::report::{ReportRow, Status};
 use support::mta::{ScriptedMta, strip_received};
 use support::refusing::{AfterDot, RefusingServer};
-use support::{AioSmtpd, PostfixSmtpd, SmtpSink, crlf_to_lf, strip_delivery_headers};
+use support::{AioSmtpd, PostfixSmtpd, SinkProcess, SmtpSink, crlf_to_lf, strip_delivery_headers};
 
 const ROWS: u64 = 200;
 const WAIT: Duration = Duration::from_secs(90);
@@ -541,30 +541,12 @@ fn refusing_after_the_dot_scripted() {
 /// stored exactly once.
 #[test]
 fn a_closing_reply_mid_window_costs_no_attempt() {
-    use std::io::BufRead as _;
     let store = tempfile::tempdir().expect("tempdir");
     let maildir = store.path().join("Maildir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pipemail"))
-        .args(["sink", "--listen", "127.0.0.1:0", "--fault", "421=13@0"])
-        .arg("--maildir")
-        .arg(&maildir)
-        .env_remove("HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pipemail sink");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("read stderr");
-    let addr: SocketAddr = line
-        .strip_prefix("pipemail sink: listening on ")
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    let run = send(addr, &["--tls", "none"]);
-    let _ = child.kill();
-    let _ = child.wait();
+    let maildir_arg = maildir.to_str().expect("UTF-8 temp path");
+    let sink = SinkProcess::spawn(["--fault", "421=13@0", "--maildir", maildir_arg]);
+    let run = send(sink.addr, &["--tls", "none"]);
+    drop(sink);
     assert_eq!(run.report.len() as u64, ROWS, "stderr:\n{}", run.stderr);
     let deferred: Vec<&ReportRow> = run
         .report

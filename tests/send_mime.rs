@@ -15,7 +15,7 @@ use mime_support::{binary, header, no_defects, parse, payload, text_of, types};
 use pipemail::report::{ReportRow, Stage, Status};
 use pipemail::sink::{SinkConfig, SinkHandle};
 use serde_json::Value;
-use util::{Fx, expect_code, host_of, read_report, rules, run, sink_with};
+use util::{Fx, expect_code, host_of, list_args, read_report, rules, run, sink_with};
 
 fn send(fx: &Fx, host: &str) -> assert_cmd::Command {
     let mut c = fx.cmd();
@@ -217,14 +217,7 @@ fn a_refused_bcc_does_not_fail_the_row_and_is_in_the_response() {
         ..SinkConfig::default()
     });
     let mut c = send(&fx, &host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"));
     let out = run(c);
     expect_code(&out, 0);
     let rows = read_report(&fx.path("r.csv"));
@@ -264,14 +257,7 @@ fn long_lines_and_8bit_text_with_and_without_8bitmime() {
             ..SinkConfig::default()
         });
         let mut c = send(&fx, &host_of(&sink));
-        c.args([
-            "--list",
-            "list.csv",
-            "--template",
-            "t.eml",
-            "--report",
-            "r.csv",
-        ]);
+        c.args(list_args("list.csv", "t.eml", "r.csv"));
         let out = run(c);
         expect_code(&out, 0);
         let stored = sink.messages();
@@ -484,15 +470,8 @@ fn a_retried_row_does_not_send_again_to_cc_that_already_got_it() {
         ..SinkConfig::default()
     });
     let mut c = send(&fx, &host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "2"]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--retries", "2"]);
     let out = run(c);
     expect_code(&out, 75);
     let rows = read_report(&fx.path("r.csv"));

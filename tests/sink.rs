@@ -2,6 +2,8 @@
 //!
 //! Every socket has read and write timeouts, so a bug fails a test instead of hanging it.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use pipemail::sink::{
     AfterDot, Fault, FaultPlan, RejectRule, SinkConfig, SinkHandle, SinkStats, StoredMessage,
 };
+use support::SinkProcess;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -1037,59 +1040,9 @@ fn drop_after_dot_over_a_socket() {
     assert_eq!(sink.messages().len(), 1);
 }
 
-/// `pipemail sink` started as a user would, on a free loopback port.
-struct SinkProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-    stderr: std::io::BufReader<std::process::ChildStderr>,
-}
-
-impl SinkProcess {
-    fn spawn(args: &[&str]) -> Self {
-        use std::io::BufRead as _;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pipemail"))
-            .args(["sink", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("HOME")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn pipemail sink");
-        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        stderr.read_line(&mut line).expect("read stderr");
-        let addr = line
-            .strip_prefix("pipemail sink: listening on ")
-            .and_then(|rest| rest.split(' ').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Self {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    /// Ctrl-C, then the exit code and the rest of stderr.
-    fn stop(mut self) -> (Option<i32>, String) {
-        let pid = self.child.id().to_string();
-        let killed = std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .expect("run kill");
-        assert!(killed.success());
-        let status = self.child.wait().expect("wait for pipemail sink");
-        let mut rest = String::new();
-        self.stderr.read_to_string(&mut rest).expect("stderr");
-        (status.code(), rest)
-    }
-}
-
 #[test]
 fn binary_refuse_after_dot_answers_as_specified() {
-    let sink = SinkProcess::spawn(&["--refuse-after-dot"]);
+    let sink = SinkProcess::spawn(["--refuse-after-dot"]);
     let mut c = Client::open(sink.addr);
     refused_then_lock_step(&mut c);
     let (code, stderr) = sink.stop();
@@ -1099,7 +1052,7 @@ fn binary_refuse_after_dot_answers_as_specified() {
 
 #[test]
 fn binary_fault_flags_apply_per_session() {
-    let sink = SinkProcess::spawn(&["--fault", "421=1", "--fault", "reply-code=0:451@1-2"]);
+    let sink = SinkProcess::spawn(["--fault", "421=1", "--fault", "reply-code=0:451@1-2"]);
     let mut c = Client::open(sink.addr);
     c.expect("EHLO c", 250);
     let r = c.cmd("MAIL FROM:<a@x.example>");

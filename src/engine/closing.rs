@@ -120,17 +120,11 @@ impl Session {
                 } else {
                     (Delivery::Deferred, format!("not delivered: {why}"))
                 };
-                let m = &mut self.active[0];
-                m.reported[k] = true;
+                let o = self.settle(0, k, delivery, stage);
                 self.events.push_back(Event::Recipient(RcptOutcome {
-                    message: m.id,
-                    index: k,
-                    address: m.to[k].clone(),
-                    delivery,
-                    stage,
-                    reply: None,
                     note: Some(note),
                     returned: returning,
+                    ..o
                 }));
             }
             self.finish(0);

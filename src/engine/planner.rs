@@ -80,14 +80,7 @@ impl Session {
                     };
                     self.record(what, out, start);
                 } else {
-                    let start = out.len();
-                    command::data(out);
-                    let what = Awaiting::Msg {
-                        seq,
-                        verb: Verb::Data,
-                        rcpt: 0,
-                    };
-                    self.record(what, out, start);
+                    self.emit_data(seq, out);
                 }
                 continue;
             }
@@ -239,14 +232,7 @@ impl Session {
                 self.committed_octets += octets;
                 m.state = MsgState::Committed;
             } else {
-                let start = out.len();
-                command::data(out);
-                let what = Awaiting::Msg {
-                    seq,
-                    verb: Verb::Data,
-                    rcpt: 0,
-                };
-                self.record(what, out, start);
+                self.emit_data(seq, out);
             }
         }
         self.active.push_back(m);
@@ -306,6 +292,18 @@ impl Session {
                 let line = self.cfg.transcript.then(|| ".".to_string());
                 return self.in_flight.push(Awaiting::Raw(Verb::Body), line);
             }
+        };
+        self.record(what, out, start);
+    }
+
+    /// Writes DATA for message `seq` (its body follows on the 354).
+    fn emit_data(&mut self, seq: u64, out: &mut Vec<u8>) {
+        let start = out.len();
+        command::data(out);
+        let what = Awaiting::Msg {
+            seq,
+            verb: Verb::Data,
+            rcpt: 0,
         };
         self.record(what, out, start);
     }

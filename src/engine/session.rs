@@ -589,21 +589,35 @@ impl Session {
         reply: Option<Reply>,
         note: Option<String>,
     ) {
-        let m = &mut self.active[i];
-        if m.reported[idx] {
+        if self.active[i].reported[idx] {
             return;
         }
+        let o = self.settle(i, idx, delivery, stage);
+        self.events
+            .push_back(Event::Recipient(RcptOutcome { reply, note, ..o }));
+    }
+
+    /// Marks recipient `idx` of active message `i` reported; its outcome with `delivery` at
+    /// `stage`, no reply, no note, not returned (the caller fills those in and queues it).
+    pub(super) fn settle(
+        &mut self,
+        i: usize,
+        idx: usize,
+        delivery: Delivery,
+        stage: Stage,
+    ) -> RcptOutcome {
+        let m = &mut self.active[i];
         m.reported[idx] = true;
-        self.events.push_back(Event::Recipient(RcptOutcome {
+        RcptOutcome {
             message: m.id,
             index: idx,
             address: m.to[idx].clone(),
             delivery,
             stage,
-            reply,
-            note,
+            reply: None,
+            note: None,
             returned: false,
-        }));
+        }
     }
 
     /// Removes a resolved message; every recipient must have been reported.

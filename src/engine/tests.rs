@@ -46,32 +46,60 @@ struct Run {
 
 impl Run {
     fn outcomes(&self) -> Vec<(MessageId, String, Delivery, Stage, Option<u16>)> {
-        self.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Recipient(o) => Some((
-                    o.message,
-                    o.address.clone(),
-                    o.delivery,
-                    o.stage,
-                    o.reply.as_ref().map(|r| r.code),
-                )),
-                _ => None,
-            })
+        outcomes(&self.events)
+            .into_iter()
+            .map(|(id, address, delivery, stage, code, _)| (id, address, delivery, stage, code))
             .collect()
     }
 
     fn closed(&self) -> Option<&Option<SessionError>> {
-        self.events.iter().find_map(|e| match e {
-            Event::Closed(c) => Some(c),
+        closed(&self.events)
+    }
+}
+
+/// One outcome: message, address, delivery, stage, reply code, returned.
+type Outcome = (MessageId, String, Delivery, Stage, Option<u16>, bool);
+
+/// The recipients' outcomes, in order.
+fn outcomes(events: &[Event]) -> Vec<Outcome> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Recipient(o) => Some((
+                o.message,
+                o.address.clone(),
+                o.delivery,
+                o.stage,
+                o.reply.as_ref().map(|r| r.code),
+                o.returned,
+            )),
             _ => None,
         })
-    }
+        .collect()
+}
+
+/// How the session ended: the `Closed` event's error, if there was the event.
+fn closed(events: &[Event]) -> Option<&Option<SessionError>> {
+    events.iter().find_map(|e| match e {
+        Event::Closed(c) => Some(c),
+        _ => None,
+    })
 }
 
 /// Runs `script`: each step is (the exact bytes the client must write as one group, the
 /// server's answer). Messages are queued and QUIT requested up front.
 fn run_with(cfg: Config, msgs: &[Message], script: &[(&str, &str)], split: Split) -> Run {
+    run_script(cfg, msgs, script, |_| split, false)
+}
+
+/// Like [`run_with`], with step `i`'s answer fed as `split(i)` says, then EOF when `eof`.
+fn run_script(
+    cfg: Config,
+    msgs: &[Message],
+    script: &[(&str, &str)],
+    split: impl Fn(usize) -> Split,
+    eof: bool,
+) -> Run {
     let now = Instant::now();
     let mut s = Session::new(cfg, now);
     for m in msgs {
@@ -80,17 +108,21 @@ fn run_with(cfg: Config, msgs: &[Message], script: &[(&str, &str)], split: Split
     s.quit();
     let mut events = Vec::new();
     for (i, (client, server)) in script.iter().enumerate() {
+        let how = split(i);
         let mut out = Vec::new();
         s.poll_transmit(now, &mut out);
         assert_eq!(
             String::from_utf8_lossy(&out),
             *client,
-            "client group {i} ({split:?})"
+            "client group {i} ({how:?})"
         );
-        feed(&mut s, server.as_bytes(), split, now);
+        feed(&mut s, server.as_bytes(), how, now);
         while let Some(e) = s.poll_event() {
             events.push(e);
         }
+    }
+    if eof {
+        s.handle_eof();
     }
     let mut out = Vec::new();
     s.poll_transmit(now, &mut out);

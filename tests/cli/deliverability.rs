@@ -214,17 +214,7 @@ fn a_templated_from_gives_each_row_its_own_envelope_sender() {
         "bounces+3@example.org"
     );
     // A sender that renders invalid fails that row at stage input.
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--from", "{{ name }} <x@example.org>"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &["--from", "{{ name }} <x@example.org>"]);
     expect_code(&out, 1);
     let rows = read_report(&fx.path("r.csv"));
     assert!(
@@ -294,14 +284,7 @@ fn row_is_the_row_number_in_the_template_and_html_unless_the_list_has_a_row_colu
     fx.write("row.html", "<p>row-{{ row }}-html {{ name }}</p>\n");
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "row.eml",
-        "--report",
-        "r.csv",
-    ]);
+    c.args(list_args("list.csv", "row.eml", "r.csv"));
     expect_code(&run(c), 0);
     let msgs = sink.messages();
     for (n, addr, name) in [

@@ -56,16 +56,7 @@ fn send_all_sent_report_rows_and_stored_messages_match_in_every_format() {
 fn report_format_follows_the_extension_and_dash_is_stdout() {
     let fx = simple_fixture();
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.jsonl",
-    ]);
-    expect_code(&run(c), 0);
+    expect_code(&fx.send_list(&sink, "r.jsonl", &[]), 0);
     assert_eq!(read_report(&fx.path("r.jsonl")).len(), 3);
 
     let mut c = fx.send(&host_of(&sink));
@@ -95,17 +86,7 @@ fn rejected_550_fails_at_rcpt_and_450_is_retried_then_deferred() {
         reject: rules(&["550:*@bad.example", "450:*@slow.example"]),
         ..SinkConfig::default()
     });
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "2"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &["--retries", "2"]);
     expect_code(&out, 1);
     assert!(
         out.stderr.contains("3 rows: 1 sent, 1 failed, 1 deferred"),
@@ -141,13 +122,7 @@ fn rejected_550_fails_at_rcpt_and_450_is_retried_then_deferred() {
 
 #[test]
 fn reply_421_mid_run_retries_the_rest_on_a_new_session_each_recipient_once() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=5 {
-        list += &format!("r{i}@x.example,R{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('r', 1..=5);
     // Units of session 0: 0 EHLO, 1 MAIL, 2 RCPT, 3 BDAT (row 1), 4 MAIL (row 2) -> 421.
     let sink = start_sink(SinkConfig {
         faults: Some(FaultPlan {
@@ -155,17 +130,7 @@ fn reply_421_mid_run_retries_the_rest_on_a_new_session_each_recipient_once() {
         }),
         ..SinkConfig::default()
     });
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "2"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &["--retries", "2"]);
     expect_code(&out, 0);
 
     let rows = by_row(&read_report(&fx.path("r.csv")));
@@ -198,16 +163,7 @@ fn crlf_in_a_header_value_cannot_inject_a_header() {
         "From: a@example.org\nTo: {{ email }}\nSubject: {{ subject }}\n\nbody\n",
     );
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &[]);
     expect_code(&out, 0);
     assert!(
         out.stderr
@@ -257,15 +213,7 @@ fn dot_lines_and_mixed_line_endings_arrive_byte_exact_with_data_and_bdat() {
     ] {
         let sink = plain_sink();
         let mut c = fx.send(&host_of(&sink));
-        c.args([
-            "--list",
-            "list.csv",
-            "--template",
-            "t.eml",
-            "--report",
-            "r.csv",
-        ])
-        .args(extra);
+        c.args(list_args("list.csv", "t.eml", "r.csv")).args(extra);
         let out = run(c);
         expect_code(&out, 0);
         let rows = read_report(&fx.path("r.csv"));

@@ -45,14 +45,7 @@ fn exit_65_for_unknown_placeholder_and_list_without_email_column() {
         "From: a@example.org\nSubject: {{ nope }}\n\nhi\n",
     );
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "nope.eml",
-        "--report",
-        "r.csv",
-    ]);
+    c.args(list_args("list.csv", "nope.eml", "r.csv"));
     let out = run(c);
     expect_code(&out, 65);
     assert!(out.stderr.contains("nope"), "{out}");
@@ -97,15 +90,8 @@ fn exit_69_when_nothing_listens_and_every_row_is_reported() {
     let fx = simple_fixture();
     let host = format!("127.0.0.1:{}", closed_port());
     let mut c = fx.send(&host);
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "0"]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--retries", "0"]);
     let out = run(c);
     expect_code(&out, 69);
     assert!(out.stderr.contains("no session"), "{out}");
@@ -124,15 +110,11 @@ fn exit_69_when_pipelining_is_required_but_not_offered() {
         ..SinkConfig::default()
     });
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--require-pipelining", "--retries", "3"]);
+    c.args(list_args("list.csv", "t.eml", "r.csv")).args([
+        "--require-pipelining",
+        "--retries",
+        "3",
+    ]);
     let out = run(c);
     expect_code(&out, 69);
     assert!(out.stderr.contains("PIPELINING"), "{out}");
@@ -152,15 +134,8 @@ fn exit_69_when_starttls_is_required_but_not_offered() {
     let fx = simple_fixture();
     let sink = plain_sink();
     let mut c = fx.send_tls(&host_of(&sink), "starttls");
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "3"]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--retries", "3"]);
     let out = run(c);
     expect_code(&out, 69);
     assert!(out.stderr.contains("STARTTLS"), "{out}");
@@ -191,17 +166,7 @@ fn exit_75_when_every_recipient_is_deferred() {
         reject: rules(&["450:*"]),
         ..SinkConfig::default()
     });
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "1"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &["--retries", "1"]);
     expect_code(&out, 75);
     assert!(
         out.stderr.contains("pipemail: hint: nothing was delivered"),

@@ -49,27 +49,14 @@ fn list_and_template_both_from_stdin_is_a_usage_error() {
 
 #[test]
 fn three_shards_cover_the_list_exactly_once() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=10 {
-        list += &format!("s{i}@x.example,S{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('s', 1..=10);
     let sink = plain_sink();
     let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
     for k in 1..=3u64 {
         let report = format!("r{k}.csv");
         let mut c = fx.send(&host_of(&sink));
-        c.args([
-            "--list",
-            "list.csv",
-            "--template",
-            "t.eml",
-            "--report",
-            &report,
-        ])
-        .args(["--shard", &format!("{k}/3")]);
+        c.args(list_args("list.csv", "t.eml", &report))
+            .args(["--shard", &format!("{k}/3")]);
         expect_code(&run(c), 0);
         for r in read_report(&fx.path(&report)) {
             assert_eq!((r.row - 1) % 3, k - 1, "shard {k}/3 took row {}", r.row);
@@ -239,16 +226,7 @@ fn repeated_address_is_skipped_case_insensitively() {
     );
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &[]);
     expect_code(&out, 0);
     assert!(
         out.stderr
@@ -284,15 +262,8 @@ fn allow_duplicates_sends_to_both_rows() {
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .arg("--allow-duplicates");
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .arg("--allow-duplicates");
     expect_code(&run(c), 0);
     let rows = read_report(&fx.path("r.csv"));
     assert_eq!(rows.len(), 2);
@@ -317,16 +288,7 @@ fn invalid_addresses_fail_at_stage_input_and_are_never_sent() {
     );
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r.csv", &[]);
     expect_code(&out, 1);
     let rows = by_row(&read_report(&fx.path("r.csv")));
     assert_eq!(rows.len(), 4);

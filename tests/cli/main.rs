@@ -37,7 +37,8 @@ use time::format_description::well_known::{Rfc2822, Rfc3339};
 
 use pipemail::sink::{Fault, FaultPlan, SinkConfig, SinkHandle, StoredMessage};
 use util::{
-    COLUMNS, Fx, RUN_LIMIT, SIMPLE_LIST, SIMPLE_TEMPLATE, expect_code, host_of, rules, run,
+    COLUMNS, Fx, RUN_LIMIT, SIMPLE_LIST, SIMPLE_TEMPLATE, expect_code, host_of, list_args, rules,
+    run,
 };
 
 // ----- fixture -------------------------------------------------------------------------------
@@ -46,6 +47,14 @@ impl Fx {
     /// `pipemail send` to `host` without TLS, with quick retries and generous timeouts.
     fn send(&self, host: &str) -> assert_cmd::Command {
         self.send_tls(host, "none")
+    }
+
+    /// Runs [`Fx::send`] to `sink` of `list.csv` with `t.eml`, reporting to `report`, with
+    /// the `extra` flags.
+    fn send_list(&self, sink: &SinkHandle, report: &str, extra: &[&str]) -> util::Out {
+        let mut c = self.send(&host_of(sink));
+        c.args(list_args("list.csv", "t.eml", report)).args(extra);
+        run(c)
     }
 
     /// Like [`Fx::send`] with `--tls MODE`.
@@ -302,6 +311,20 @@ fn check_simple_message(msgs: &[StoredMessage], row: &Row, name: &str) {
 fn simple_fixture() -> Fx {
     let fx = Fx::new();
     fx.write("list.csv", SIMPLE_LIST);
+    fx.write("t.eml", SIMPLE_TEMPLATE);
+    fx
+}
+
+/// A fixture whose `list.csv` has a row `{p}{i}@x.example,{P}{i}` (`P` the upper case of
+/// `p`) for each `i` of `rows`, and [`SIMPLE_TEMPLATE`] as `t.eml`.
+fn numbered_fixture<T: std::fmt::Display>(p: char, rows: impl IntoIterator<Item = T>) -> Fx {
+    let fx = Fx::new();
+    let upper = p.to_ascii_uppercase();
+    let mut list = String::from("email,name\n");
+    for i in rows {
+        list += &format!("{p}{i}@x.example,{upper}{i}\n");
+    }
+    fx.write("list.csv", &list);
     fx.write("t.eml", SIMPLE_TEMPLATE);
     fx
 }

@@ -113,14 +113,7 @@ fn shards_equal_one_run(list: &str, rows: usize) {
     one.write("list.csv", list);
     one.write("t.eml", SIMPLE_TEMPLATE);
     let mut c = one.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "all.csv",
-    ]);
+    c.args(list_args("list.csv", "t.eml", "all.csv"));
     expect_code(&run(c), 1);
     let merged = read_report(&fx.path("merged.csv"));
     let all = read_report(&one.path("all.csv"));
@@ -187,14 +180,7 @@ fn dry_run_with_resume_writes_nothing_and_counts_what_a_run_would_send() {
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let sink = plain_sink();
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "first.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ]);
+    c.args(list_args("first.csv", "t.eml", "r.csv"));
     expect_code(&run(c), 0);
     // A journal left by a killed run: a dry run must not consume it.
     fx.write(
@@ -265,13 +251,7 @@ fn screen_lines(raw: &str) -> Vec<String> {
 
 #[test]
 fn progress_line_fits_80_and_120_columns_with_whole_rates_and_the_saving() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 0..60 {
-        list.push_str(&format!("p{i}@x.example,P{i}\n"));
-    }
-    fx.write("list.csv", list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('p', 0..60);
     let sink = plain_sink();
     let bin = env!("CARGO_BIN_EXE_pipemail");
     // (columns, list): a list file has a known total (bar and ETA); stdin has none (spinner).

@@ -4,46 +4,41 @@ use super::*;
 
 // ----- resume --------------------------------------------------------------------------------
 
-#[test]
-fn resume_sends_only_the_rows_not_sent_before() {
+/// A fixture with `list` and [`SIMPLE_TEMPLATE`] after a first run (`--retries 0`, exit 1)
+/// to a sink that defers every `@slow.example` address, reporting to `report`; that
+/// report by row.
+fn deferred_slow_rows(list: &str, report: &str) -> (Fx, BTreeMap<u64, Row>) {
     let fx = Fx::new();
-    fx.write(
-        "list.csv",
-        "email,name\na@x.example,A\ns1@slow.example,S1\nb@x.example,B\ns2@slow.example,S2\n",
-    );
+    fx.write("list.csv", list);
     fx.write("t.eml", SIMPLE_TEMPLATE);
     let first = start_sink(SinkConfig {
         reject: rules(&["450:*@slow.example"]),
         ..SinkConfig::default()
     });
     let mut c = fx.send(&host_of(&first));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "0"]);
+    c.args(list_args("list.csv", "t.eml", report))
+        .args(["--retries", "0"]);
     expect_code(&run(c), 1);
-    let old = by_row(&read_report(&fx.path("r.csv")));
+    let old = by_row(&read_report(&fx.path(report)));
+    (fx, old)
+}
+
+/// `send --resume FROM` of the fixture's list to `sink`, reporting to `report`.
+fn resume(fx: &Fx, sink: &SinkHandle, report: &str, from: &str) -> util::Out {
+    fx.send_list(sink, report, &["--resume", from])
+}
+
+#[test]
+fn resume_sends_only_the_rows_not_sent_before() {
+    let (fx, old) = deferred_slow_rows(
+        "email,name\na@x.example,A\ns1@slow.example,S1\nb@x.example,B\ns2@slow.example,S2\n",
+        "r.csv",
+    );
     let statuses: Vec<&str> = old.values().map(|r| r.status.as_str()).collect();
     assert_eq!(statuses, ["sent", "deferred", "sent", "deferred"]);
 
     let second = plain_sink();
-    let mut c = fx.send(&host_of(&second));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r2.csv",
-    ])
-    .args(["--resume", "r.csv"]);
-    let out = run(c);
-    expect_code(&out, 0);
+    expect_code(&resume(&fx, &second, "r2.csv", "r.csv"), 0);
     assert_eq!(
         deliveries(&second.messages()),
         BTreeMap::from([
@@ -80,41 +75,13 @@ fn resume_sends_only_the_rows_not_sent_before() {
 
 #[test]
 fn resume_may_write_over_the_report_it_resumes_from() {
-    let fx = Fx::new();
-    fx.write(
-        "list.csv",
+    let (fx, old) = deferred_slow_rows(
         "email,name\na@x.example,A\ns1@slow.example,S1\nb@x.example,B\n",
-    );
-    fx.write("t.eml", SIMPLE_TEMPLATE);
-    let first = start_sink(SinkConfig {
-        reject: rules(&["450:*@slow.example"]),
-        ..SinkConfig::default()
-    });
-    let mut c = fx.send(&host_of(&first));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
         "r.json",
-    ])
-    .args(["--retries", "0"]);
-    expect_code(&run(c), 1);
-    let old = by_row(&read_report(&fx.path("r.json")));
+    );
 
     let second = plain_sink();
-    let mut c = fx.send(&host_of(&second));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.json",
-    ])
-    .args(["--resume", "r.json"]);
-    expect_code(&run(c), 0);
+    expect_code(&resume(&fx, &second, "r.json", "r.json"), 0);
     let new = by_row(&read_report(&fx.path("r.json")));
     assert_eq!(new.len(), 3);
     assert_eq!(new[&1], old[&1]);
@@ -165,13 +132,7 @@ struct Killed {
 
 /// The list and sink of the interrupted runs: 40 rows, a sink 50 ms away.
 fn slow_fixture() -> (Fx, SinkHandle) {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=KILL_ROWS {
-        list += &format!("k{i}@x.example,K{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('k', 1..=KILL_ROWS);
     let sink = start_sink(SinkConfig {
         latency: Duration::from_millis(50),
         ..SinkConfig::default()
@@ -184,14 +145,7 @@ fn slow_fixture() -> (Fx, SinkHandle) {
 fn start_slow_run(fx: &Fx, sink: &SinkHandle) -> std::process::Child {
     let mut child = fx
         .send_std(&host_of(sink))
-        .args([
-            "--list",
-            "list.csv",
-            "--template",
-            "t.eml",
-            "--report",
-            "r.csv",
-        ])
+        .args(list_args("list.csv", "t.eml", "r.csv"))
         .args(["--window", &KILL_WINDOW.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -259,17 +213,7 @@ fn kill_9_then_resume_delivers_every_row_with_duplicates_only_from_in_flight_row
         rows: first,
         in_flight,
     } = killed_run();
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r2.csv",
-    ])
-    .args(["--resume", "r.csv"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r2.csv", &["--resume", "r.csv"]);
     expect_code(&out, 0);
 
     let last = by_row(&read_report(&fx.path("r2.csv")));
@@ -327,17 +271,7 @@ fn kill_9_then_resume_with_skip_unknown_sends_nothing_twice() {
         rows: first,
         in_flight,
     } = killed_run();
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r2.csv",
-    ])
-    .args(["--resume", "r.csv", "--skip-unknown"]);
-    let out = run(c);
+    let out = fx.send_list(&sink, "r2.csv", &["--resume", "r.csv", "--skip-unknown"]);
     // Rows whose fate is unknown are reported as such: the run is not all good.
     expect_code(&out, if in_flight.is_empty() { 0 } else { 1 });
 
@@ -422,17 +356,7 @@ fn ctrl_c_finishes_messages_in_flight_and_reports_the_rest_deferred() {
     );
 
     // A resumed run sends exactly the rest.
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r2.csv",
-    ])
-    .args(["--resume", "r.csv"]);
-    expect_code(&run(c), 0);
+    expect_code(&fx.send_list(&sink, "r2.csv", &["--resume", "r.csv"]), 0);
     let got = deliveries(&sink.messages());
     assert_eq!(got.len(), KILL_ROWS as usize);
     assert!(got.values().all(|n| *n == 1), "{got:?}");

@@ -6,25 +6,10 @@ use super::*;
 
 #[test]
 fn max_per_connection_starts_a_fresh_session_every_two_messages() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=5 {
-        list += &format!("m{i}@x.example,M{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('m', 1..=5);
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--max-per-connection", "2"]);
-    expect_code(&run(c), 0);
+    let out = fx.send_list(&sink, "r.csv", &["--max-per-connection", "2"]);
+    expect_code(&out, 0);
     assert_eq!(sink.stats().sessions, 3, "ceil(5 / 2) sessions");
     let msgs = sink.messages();
     let mut per_session: HashMap<u64, usize> = HashMap::new();
@@ -39,25 +24,10 @@ fn max_per_connection_starts_a_fresh_session_every_two_messages() {
 
 #[test]
 fn four_connections_send_every_row_once() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=40 {
-        list += &format!("c{i}@x.example,C{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('c', 1..=40);
     let sink = plain_sink();
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.jsonl",
-    ])
-    .args(["--connections", "4", "--window", "3"]);
-    expect_code(&run(c), 0);
+    let out = fx.send_list(&sink, "r.jsonl", &["--connections", "4", "--window", "3"]);
+    expect_code(&out, 0);
     let rows = by_row(&read_report(&fx.path("r.jsonl")));
     assert_eq!(
         rows.keys().copied().collect::<Vec<_>>(),
@@ -120,16 +90,9 @@ fn auth_over_starttls_delivers_and_never_shows_the_password() {
         ..SinkConfig::default()
     });
     let mut c = fx.send_tls(&host_of(&sink), "starttls");
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--ca-file", "cert.pem", "--auth-user", "u", "-v"])
-    .env("PIPEMAIL_PASSWORD", PASSWORD);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--ca-file", "cert.pem", "--auth-user", "u", "-v"])
+        .env("PIPEMAIL_PASSWORD", PASSWORD);
     let out = run(c);
     expect_code(&out, 0);
     assert!(out.stderr.contains("C: STARTTLS"), "{out}");
@@ -168,16 +131,9 @@ fn auth_over_plaintext_is_refused_unless_allowed() {
         ..SinkConfig::default()
     });
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--auth-user", "u", "-v", "--retries", "2"])
-    .env("PIPEMAIL_PASSWORD", PASSWORD);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--auth-user", "u", "-v", "--retries", "2"])
+        .env("PIPEMAIL_PASSWORD", PASSWORD);
     let out = run(c);
     expect_code(&out, 69);
     assert!(!out.stderr.contains("C: AUTH"), "no AUTH was sent\n{out}");
@@ -187,16 +143,9 @@ fn auth_over_plaintext_is_refused_unless_allowed() {
     assert_eq!(sink.stats().sessions, 1, "refusing AUTH is not retried");
 
     let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--auth-user", "u", "-v", "--allow-plaintext-auth"])
-    .env("PIPEMAIL_PASSWORD", PASSWORD);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--auth-user", "u", "-v", "--allow-plaintext-auth"])
+        .env("PIPEMAIL_PASSWORD", PASSWORD);
     let out = run(c);
     expect_code(&out, 0);
     assert!(out.stderr.contains("S: 235"), "{out}");
@@ -230,15 +179,8 @@ fn self_signed_certificate_is_rejected_without_ca_file_or_insecure() {
         ..SinkConfig::default()
     });
     let mut c = fx.send_tls(&host_of(&sink), "starttls");
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        "r.csv",
-    ])
-    .args(["--retries", "2"]);
+    c.args(list_args("list.csv", "t.eml", "r.csv"))
+        .args(["--retries", "2"]);
     let out = run(c);
     expect_code(&out, 69);
     assert!(out.stderr.contains("certificate"), "{out}");
@@ -296,13 +238,7 @@ fn server_without_pipelining_gets_lock_step_and_a_warning() {
 /// and the server's reply, and the summary line names the level used.
 #[test]
 fn refusing_after_the_dot_warns_once_and_the_summary_names_the_level() {
-    let fx = Fx::new();
-    let mut list = String::from("email,name\n");
-    for i in 1..=60 {
-        list += &format!("d{i}@x.example,D{i}\n");
-    }
-    fx.write("list.csv", &list);
-    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let fx = numbered_fixture('d', 1..=60);
     let sink = util::sink_with(SinkConfig {
         keep_in_memory: true,
         chunking: false,

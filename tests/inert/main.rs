@@ -14,7 +14,7 @@ mod util;
 use std::sync::Arc;
 
 use hostile::{Hostile, Script};
-use util::{Fx, Out, expect_code, run};
+use util::{Fx, Out, expect_code, list_args, run};
 
 /// The characters no output may carry to a terminal or a log (LF is the line separator).
 fn is_dangerous(c: char) -> bool {
@@ -101,14 +101,7 @@ fn send(fx: &Fx, host: &str, report: &str, extra: &[&str]) -> Out {
         "--connect-timeout",
         "20s",
     ])
-    .args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--report",
-        report,
-    ])
+    .args(list_args("list.csv", "t.eml", report))
     .args(extra);
     run(c)
 }

@@ -12,7 +12,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use pipemail::report::{Format, ReportRow, ReportWriter, Stage, Status};
 
 use super::hostile::{Hostile, Script};
-use super::util::{Fx, Rng, run};
+use super::util::{Fx, Rng, list_args, run};
 use super::{assert_inert, assert_no_formula_cells, csv_cells};
 
 /// A writer the test can read back after the report writer is done with it.
@@ -193,14 +193,7 @@ fn random_replies_and_list_values_never_reach_any_output_live() {
             "none",
         ])
         .args(["--retries", "0", "--timeout", "30s", "-v"])
-        .args([
-            "--list",
-            "list.csv",
-            "--template",
-            "t.eml",
-            "--report",
-            report,
-        ]);
+        .args(list_args("list.csv", "t.eml", report));
         let out = run(c);
         assert!(matches!(out.code, Some(0 | 1 | 69 | 75)), "{out}");
         assert_inert("stderr", out.stderr.as_bytes());

@@ -135,6 +135,18 @@ pub fn types(part: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// The text and the HTML of a message whose `root` is `multipart/alternative` with the
+/// text part first and the HTML part last.
+pub fn alternative_texts(root: &Value) -> (String, String) {
+    assert_eq!(root["content_type"], "multipart/alternative");
+    assert_eq!(
+        types(root),
+        ["text/plain", "text/html"],
+        "text first, HTML last"
+    );
+    (text_of(&root["parts"][0]), text_of(&root["parts"][1]))
+}
+
 pub fn no_defects(v: &Value) {
     fn walk(p: &Value) {
         assert_eq!(p["defects"], Value::Array(vec![]), "{p}");
@@ -157,4 +169,55 @@ pub fn data_text(m: &Composed) -> String {
 /// Bytes 0..=255 repeated: binary, with CR, LF, NUL and 8-bit octets.
 pub fn binary(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+/// Checks the deliveries of a campaign whose rows (address, name) each get a message
+/// `Subject: Report for ADDRESS` copied to `cc` and blind-copied to `bcc`: every delivery
+/// (its `Delivered-To:` address, the message) is free of defects and of any trace of `bcc`,
+/// names `cc` in its `Cc:` field, and is `multipart/alternative` (`Grüße NAME!`,
+/// `html(NAME)`) + `attachment`; the row, `cc` and `bcc` each got each row's message once.
+pub fn check_report_deliveries(
+    delivered: &[(String, Vec<u8>)],
+    rows: &[(&str, &str)],
+    (cc, bcc): (&str, &str),
+    html: impl Fn(&str) -> String,
+    attachment: &[u8],
+) {
+    let mut got: std::collections::BTreeMap<(&str, String), usize> = Default::default();
+    for (to, msg) in delivered {
+        assert!(
+            !String::from_utf8_lossy(msg).contains(bcc),
+            "Bcc leaked into the message"
+        );
+        let v = parse(msg);
+        no_defects(&v);
+        assert!(header(&v, "Bcc").is_empty());
+        assert_eq!(header(&v, "Cc"), [cc]);
+        let row_addr = header(&v, "Subject")[0]
+            .trim_start_matches("Report for ")
+            .to_owned();
+        let (_, name) = rows
+            .iter()
+            .find(|(addr, _)| *addr == row_addr)
+            .unwrap_or_else(|| panic!("a message for no row: {row_addr}"));
+        let root = &v["root"];
+        assert_eq!(
+            types(root),
+            ["multipart/alternative", "application/octet-stream"]
+        );
+        let alt = &root["parts"][0];
+        assert_eq!(text_of(&alt["parts"][0]), format!("Grüße {name}!\n"));
+        assert_eq!(text_of(&alt["parts"][1]), html(name));
+        assert_eq!(payload(&root["parts"][1]), attachment);
+        *got.entry((to.as_str(), row_addr)).or_default() += 1;
+    }
+    for (row, _) in rows {
+        for to in [row, cc, bcc] {
+            assert_eq!(
+                got.get(&(to, (*row).to_owned())),
+                Some(&1),
+                "{to} got {row}'s message once: {got:?}"
+            );
+        }
+    }
 }

@@ -473,6 +473,62 @@ impl Drop for SmtpSink {
     }
 }
 
+/// `pipemail sink` started as a user would, on a free loopback port; killed when dropped.
+pub struct SinkProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl SinkProcess {
+    /// `pipemail sink --listen 127.0.0.1:0 ARGS...`, once it said where it listens.
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pipemail"))
+            .args(["sink", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("HOME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn pipemail sink");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        stderr.read_line(&mut line).expect("read stderr");
+        let addr = line
+            .strip_prefix("pipemail sink: listening on ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    /// Ctrl-C, then the exit code and the rest of stderr.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+        let status = self.child.wait().expect("wait for pipemail sink");
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).expect("stderr");
+        (status.code(), rest)
+    }
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 mod aiosmtpd;
 mod postfix;
 

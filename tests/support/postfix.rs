@@ -242,6 +242,26 @@ impl PostfixSmtpd {
         })
         .unwrap_or_else(|| self.messages())
     }
+
+    /// Waits (bounded) for exactly `n` delivered files (panics with the mail log when fewer
+    /// arrive); each as its `Delivered-To:` address and the message without the delivery
+    /// header fields Postfix prepended.
+    pub fn wait_for_deliveries(&self, n: usize, timeout: Duration) -> Vec<(String, Vec<u8>)> {
+        let files = self.wait_for_messages(n, timeout);
+        assert_eq!(files.len(), n, "{}", self.maillog());
+        files
+            .iter()
+            .map(|raw| {
+                let to = String::from_utf8_lossy(raw)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Delivered-To: "))
+                    .expect("Delivered-To")
+                    .trim()
+                    .to_owned();
+                (to, strip_delivery_headers(raw).to_vec())
+            })
+            .collect()
+    }
 }
 
 impl Drop for PostfixSmtpd {

@@ -84,6 +84,15 @@ impl Fx {
         c
     }
 
+    /// `pipemail send` to a real MTA at `addr` (Postfix, Exim...): no TLS, `--helo
+    /// client.test`, `--quiet`, a 60 s timeout.
+    pub fn send_to_mta(&self, addr: SocketAddr) -> assert_cmd::Command {
+        let mut c = self.cmd();
+        c.args(["send", "--host", &addr.to_string(), "--tls", "none"])
+            .args(["--helo", "client.test", "--quiet", "--timeout", "60s"]);
+        c
+    }
+
     /// Like [`Fx::cmd`], as a `std::process::Command` (for runs the test kills).
     pub fn cmd_std(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_pipemail"));
@@ -179,6 +188,11 @@ pub fn run_std(mut cmd: Command, limit: Duration) -> Out {
         stderr: String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned(),
         elapsed,
     }
+}
+
+/// `--list LIST --template TEMPLATE --report REPORT`.
+pub fn list_args<'a>(list: &'a str, template: &'a str, report: &'a str) -> [&'a str; 6] {
+    ["--list", list, "--template", template, "--report", report]
 }
 
 #[track_caller]

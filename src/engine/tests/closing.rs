@@ -4,33 +4,6 @@
 
 use super::*;
 
-/// One outcome: message, address, delivery, stage, reply code, returned.
-type Outcome = (MessageId, String, Delivery, Stage, Option<u16>, bool);
-
-fn outcomes(events: &[Event]) -> Vec<Outcome> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Recipient(o) => Some((
-                o.message,
-                o.address.clone(),
-                o.delivery,
-                o.stage,
-                o.reply.as_ref().map(|r| r.code),
-                o.returned,
-            )),
-            _ => None,
-        })
-        .collect()
-}
-
-fn closed(events: &[Event]) -> Option<&Option<SessionError>> {
-    events.iter().find_map(|e| match e {
-        Event::Closed(c) => Some(c),
-        _ => None,
-    })
-}
-
 /// Like `run_with`, then EOF when `eof`; the last answer fed as `split` says.
 fn run_eof_with(
     cfg: Config,
@@ -39,33 +12,9 @@ fn run_eof_with(
     eof: bool,
     split: Split,
 ) -> Vec<Event> {
-    let now = Instant::now();
-    let mut s = Session::new(cfg, now);
-    for m in msgs {
-        s.send(m.clone());
-    }
-    s.quit();
-    let mut events = Vec::new();
-    for (i, (client, server)) in script.iter().enumerate() {
-        let mut out = Vec::new();
-        s.poll_transmit(now, &mut out);
-        assert_eq!(String::from_utf8_lossy(&out), *client, "client group {i}");
-        let how = if i + 1 == script.len() {
-            split
-        } else {
-            Split::Whole
-        };
-        feed(&mut s, server.as_bytes(), how, now);
-        events.extend(std::iter::from_fn(|| s.poll_event()));
-    }
-    if eof {
-        s.handle_eof();
-    }
-    let mut out = Vec::new();
-    s.poll_transmit(now, &mut out);
-    assert_eq!(String::from_utf8_lossy(&out), "", "client wrote more");
-    events.extend(std::iter::from_fn(|| s.poll_event()));
-    events
+    let last = script.len().saturating_sub(1);
+    let how = |i| if i == last { split } else { Split::Whole };
+    run_script(cfg, msgs, script, how, eof).events
 }
 
 fn run_eof(cfg: Config, msgs: &[Message], script: &[(&str, &str)], eof: bool) -> Vec<Event> {
