@@ -74,7 +74,7 @@ pub use context::ROW_VARIABLE;
 pub(crate) use context::RowContext;
 use header::{check_header_source, needs_sanitizing};
 use jinja::{find_variable, jinja_error};
-use lines::{check_line_lengths, line_col, normalize_to_lf};
+use lines::{line_col, normalize_to_lf};
 
 pub(crate) use address::addr_specs;
 pub(crate) use lines::{check_crlf_line_lengths, push_normalized};
@@ -484,7 +484,9 @@ impl Template {
         let body = self.render_body(&ctx, BodyKind::Plain)?;
         push_normalized(&mut data, &body);
 
-        check_line_lengths(&data)?;
+        // Every line end is CRLF here (fields are written line by line, the body normalized):
+        // the windowed check applies.
+        check_crlf_line_lengths(&data)?;
         Ok(Rendered {
             data,
             message_id: section.message_id,
