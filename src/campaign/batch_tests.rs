@@ -1,13 +1,9 @@
 //! `--batch-recipients`: many rows per transaction, against the built-in sink on loopback.
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::*;
-use crate::driver::Target;
-use crate::engine::{self, PipeliningPolicy, TlsPolicy};
 use crate::report::{ReportRow, Stage, Status};
 use crate::sink::{Fault, FaultPlan, SinkConfig, SinkHandle, StoredMessage};
 
@@ -15,16 +11,7 @@ use crate::sink::{Fault, FaultPlan, SinkConfig, SinkHandle, StoredMessage};
 const ANNOUNCEMENT: &str =
     "From: News <news@example.org>\nTo: undisclosed-recipients:;\nSubject: News\n\nSame for all.\n";
 
-fn sink(cfg: SinkConfig) -> SinkHandle {
-    SinkHandle::start(
-        "127.0.0.1:0".parse().expect("address"),
-        SinkConfig {
-            keep_in_memory: true,
-            ..cfg
-        },
-    )
-    .expect("start sink")
-}
+use super::tests::{campaign_with, sink};
 
 fn list(n: u64) -> String {
     let mut s = String::from("email,name\n");
@@ -42,28 +29,7 @@ fn campaign(
     template: &str,
     dir: &tempfile::TempDir,
 ) -> (Campaign, std::path::PathBuf) {
-    let csv = list(rows);
-    let reader: Box<dyn Read + Send> = Box::new(Cursor::new(csv.into_bytes()));
-    let list = ListReader::new(reader, "list.csv").expect("list");
-    let template = Template::parse(template.as_bytes(), "t.eml", list.headers()).expect("t");
-    let addr = sink.local_addr();
-    let connect = ConnectOptions {
-        target: Target {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        },
-        session: engine::Config {
-            helo_name: "test".into(),
-            tls: TlsPolicy::None,
-            pipelining: PipeliningPolicy::Auto,
-            ..engine::Config::default()
-        },
-        tls: crate::driver::TlsSettings::default(),
-        connect_timeout: Duration::from_secs(30),
-    };
-    let from = FromSource::Fixed("news@example.org".into());
-    let mut c = Campaign::new(connect, list, template, from);
-    c.schedule.retry_delay = Duration::from_millis(1);
+    let mut c = campaign_with(sink, &list(rows), template, "news@example.org");
     c.schedule.batch_recipients = batch;
     let path = dir.path().join("r.jsonl");
     c.report = Some((path.display().to_string(), Format::Jsonl));

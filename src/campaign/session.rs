@@ -143,43 +143,29 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
         // Feed the session.
         let stopping = ctx.stopped();
         if conn.session_ref().is_ready() && !stopping {
-            while batch > 1 && conn.session_ref().wants_message() {
-                let (jobs, not_before) = match ctx.queue.poll_batch(messages, batch_limit) {
-                    BatchPoll::Jobs { jobs, not_before } => (jobs, not_before),
-                    BatchPoll::Done | BatchPoll::Rotate => {
+            let caps = conn.session_ref().capabilities();
+            let flags = (
+                caps.has(Extensions::SMTPUTF8),
+                caps.has(Extensions::EIGHT_BIT_MIME),
+            );
+            while conn.session_ref().wants_message() {
+                let (unit, not_before) = match poll_unit(ctx, messages, batch, batch_limit) {
+                    Ok(next) => next,
+                    Err(Ended::Session) => {
                         conn.session().quit();
                         break;
                     }
-                    BatchPoll::Wait(_) => break,
+                    Err(Ended::NothingReady) => break,
                 };
                 if not_before > Instant::now() {
                     tokio::time::sleep_until(not_before.into()).await;
                 }
                 messages += 1;
-                let caps = conn.session_ref().capabilities();
-                let smtputf8 = caps.has(Extensions::SMTPUTF8);
-                let eight_bit = caps.has(Extensions::EIGHT_BIT_MIME);
-                if let Some(msg) = render_batch(ctx, (smtputf8, eight_bit), jobs, &mut inflight) {
-                    conn.session().send(msg);
-                }
-            }
-            while batch == 1 && conn.session_ref().wants_message() {
-                let (job, not_before) = match ctx.queue.poll_job(messages) {
-                    Poll::Job { job, not_before } => (job, not_before),
-                    Poll::Done | Poll::Rotate => {
-                        conn.session().quit();
-                        break;
-                    }
-                    Poll::Wait(_) => break,
+                let msg = match unit {
+                    Unit::One(job) => render(ctx, flags, job, &mut inflight),
+                    Unit::Batch(jobs) => render_batch(ctx, flags, jobs, &mut inflight),
                 };
-                if not_before > Instant::now() {
-                    tokio::time::sleep_until(not_before.into()).await;
-                }
-                messages += 1;
-                let caps = conn.session_ref().capabilities();
-                let smtputf8 = caps.has(Extensions::SMTPUTF8);
-                let eight_bit = caps.has(Extensions::EIGHT_BIT_MIME);
-                if let Some(msg) = render(ctx, (smtputf8, eight_bit), job, &mut inflight) {
+                if let Some(msg) = msg {
                     conn.session().send(msg);
                 }
             }
@@ -233,6 +219,43 @@ pub(super) async fn run_session(ctx: &Ctx, mut conn: Connection) -> SessionEnd {
         error: end_error.map(|e| e.to_string()),
         fatal,
         stage,
+    }
+}
+
+/// What the queue hands a session next: one row's message, or (`--batch-recipients`) one
+/// transaction for several rows.
+enum Unit {
+    One(Job),
+    Batch(Vec<Job>),
+}
+
+/// Why [`poll_unit`] has nothing to send.
+enum Ended {
+    /// Every job is reported, the run stopped, or the session sent its share: quit.
+    Session,
+    /// Nothing is ready yet: go back to reading.
+    NothingReady,
+}
+
+/// The next message for a session, with the time it may go.
+fn poll_unit(
+    ctx: &Ctx,
+    messages: u64,
+    batch: usize,
+    batch_limit: usize,
+) -> Result<(Unit, Instant), Ended> {
+    if batch > 1 {
+        match ctx.queue.poll_batch(messages, batch_limit) {
+            BatchPoll::Jobs { jobs, not_before } => Ok((Unit::Batch(jobs), not_before)),
+            BatchPoll::Done | BatchPoll::Rotate => Err(Ended::Session),
+            BatchPoll::Wait(_) => Err(Ended::NothingReady),
+        }
+    } else {
+        match ctx.queue.poll_job(messages) {
+            Poll::Job { job, not_before } => Ok((Unit::One(job), not_before)),
+            Poll::Done | Poll::Rotate => Err(Ended::Session),
+            Poll::Wait(_) => Err(Ended::NothingReady),
+        }
     }
 }
 

@@ -24,9 +24,15 @@ pub(super) fn sink(cfg: SinkConfig) -> SinkHandle {
 }
 
 pub(super) fn campaign(sink: &SinkHandle, csv: &str) -> Campaign {
+    campaign_with(sink, csv, TEMPLATE, "sender@example.org")
+}
+
+/// A campaign of the list `csv` and `template` to `sink`, envelope sender `from`, retries
+/// after 1 ms.
+pub(super) fn campaign_with(sink: &SinkHandle, csv: &str, template: &str, from: &str) -> Campaign {
     let reader: Box<dyn Read + Send> = Box::new(Cursor::new(csv.as_bytes().to_vec()));
     let list = ListReader::new(reader, "list.csv").expect("list");
-    let template = Template::parse(TEMPLATE.as_bytes(), "t.eml", list.headers()).expect("t");
+    let template = Template::parse(template.as_bytes(), "t.eml", list.headers()).expect("t");
     let addr = sink.local_addr();
     let connect = ConnectOptions {
         target: Target {
@@ -42,8 +48,7 @@ pub(super) fn campaign(sink: &SinkHandle, csv: &str) -> Campaign {
         tls: crate::driver::TlsSettings::default(),
         connect_timeout: Duration::from_secs(30),
     };
-    let from = FromSource::Fixed("sender@example.org".into());
-    let mut c = Campaign::new(connect, list, template, from);
+    let mut c = Campaign::new(connect, list, template, FromSource::Fixed(from.into()));
     c.schedule.retry_delay = Duration::from_millis(1);
     c
 }
