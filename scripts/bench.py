@@ -347,17 +347,21 @@ class Proxy:
 # inputs
 
 
-def write_template(path: Path) -> None:
-    """A 1 KiB body (like smtp-source -l 1024) under the usual headers, with two placeholders."""
-    head = (f"From: Bench <{SENDER}>\nTo: {{{{ email }}}}\n"
-            "Subject: Benchmark message for {{ first_name }}\n"
-            "MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n")
+def body_1k() -> str:
+    """A 1 KiB body, like smtp-source -l 1024."""
     line = "The quick brown fox jumps over the lazy dog; pack my box with jugs.\n"
     body = ""
     while len(body) + len(line) <= BODY_BYTES:
         body += line
-    body += "x" * (BODY_BYTES - len(body) - 1) + "\n"
-    path.write_text(head + body)
+    return body + "x" * (BODY_BYTES - len(body) - 1) + "\n"
+
+
+def write_template(path: Path) -> None:
+    """The 1 KiB body under the usual headers, with two placeholders."""
+    head = (f"From: Bench <{SENDER}>\nTo: {{{{ email }}}}\n"
+            "Subject: Benchmark message for {{ first_name }}\n"
+            "MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n")
+    path.write_text(head + body_1k())
 
 
 def write_static_template(path: Path) -> None:
@@ -365,12 +369,7 @@ def write_static_template(path: Path) -> None:
     head = (f"From: Bench <{SENDER}>\nTo: undisclosed-recipients:;\n"
             "Subject: Benchmark announcement\n"
             "MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n\n")
-    line = "The quick brown fox jumps over the lazy dog; pack my box with jugs.\n"
-    body = ""
-    while len(body) + len(line) <= BODY_BYTES:
-        body += line
-    body += "x" * (BODY_BYTES - len(body) - 1) + "\n"
-    path.write_text(head + body)
+    path.write_text(head + body_1k())
 
 
 def write_message(path: Path, template: Path) -> None:
