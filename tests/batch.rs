@@ -13,7 +13,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use pipemail::report::Status;
-use pipemail::sink::{SinkConfig, SinkHandle};
+use pipemail::sink::{Fault, FaultPlan, SinkConfig, SinkHandle};
 use util::{Fx, expect_code, list_args, run};
 
 const ANNOUNCEMENT: &str = "From: News <news@example.org>\n\
@@ -112,13 +112,26 @@ fn in_flight(fx: &Fx) -> BTreeSet<u64> {
 fn killed_in_the_middle_of_a_batch_resumes_without_loss() {
     let mut worst = 0;
     let mut mid_flight = 0;
-    // Kill points inside transactions (rows arrive ten at a time, one write each).
-    for (kill_at, bdat) in [(15, false), (37, true), (64, false), (93, true)] {
+    // Kill points: rows arrive ten at a time, one write each. The first two are timing's
+    // choice (the kill may land between transactions); the last two are deterministic: the
+    // sink stalls on the end of the third transaction (`Fault::Stall`: no reply, nothing
+    // stored from there on), so the run is killed with that transaction and any behind it
+    // journaled and unanswered. Units: EHLO is 0, then MAIL, ten RCPTs and `BDAT … LAST`
+    // (12 units) or DATA and its dot (13 units) per transaction.
+    for (kill_at, bdat, stall) in [
+        (15, false, None),
+        (37, true, None),
+        (20, false, Some(1 + 2 * 13 + 12)),
+        (20, true, Some(1 + 2 * 12 + 11)),
+    ] {
         let sink = SinkHandle::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             SinkConfig {
                 keep_in_memory: true,
                 latency: Duration::from_millis(20),
+                faults: stall.map(|command| FaultPlan {
+                    sessions: vec![vec![Fault::Stall { command }]],
+                }),
                 ..SinkConfig::default()
             },
         )
@@ -129,7 +142,7 @@ fn killed_in_the_middle_of_a_batch_resumes_without_loss() {
         let mut child = spawn(&fx, sink.local_addr(), bdat, false, "r.csv");
         let deadline = Instant::now() + WAIT;
         let mut finished = false;
-        while report_rows(&fx) < kill_at {
+        while report_rows(&fx) < kill_at || (stall.is_some() && in_flight(&fx).is_empty()) {
             if child.try_wait().expect("try_wait").is_some() {
                 finished = true;
                 break;
@@ -137,6 +150,10 @@ fn killed_in_the_middle_of_a_batch_resumes_without_loss() {
             assert!(Instant::now() < deadline, "report never reached {kill_at}");
             std::thread::sleep(Duration::from_millis(1));
         }
+        assert!(
+            stall.is_none() || !finished,
+            "kill at {kill_at}: the run ended although the sink stalled"
+        );
         let flight = if finished {
             BTreeSet::new()
         } else {
@@ -145,6 +162,10 @@ fn killed_in_the_middle_of_a_batch_resumes_without_loss() {
             in_flight(&fx)
         };
         let _ = child.wait();
+        assert!(
+            stall.is_none() || !flight.is_empty(),
+            "kill at {kill_at}: the sink stalled but nothing was in flight"
+        );
         mid_flight += u32::from(!flight.is_empty());
         let mut resumed = spawn(&fx, sink.local_addr(), bdat, true, "r2.csv");
         let deadline = Instant::now() + WAIT;
