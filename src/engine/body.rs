@@ -56,8 +56,13 @@ pub fn encode_bdat_with_len(body: &[u8], n: usize, out: &mut Vec<u8>) -> usize {
     out.extend_from_slice(b"BDAT ");
     push_decimal(out, n as u64);
     out.extend_from_slice(b" LAST\r\n");
-    let written = normalize_into(body, out);
-    debug_assert_eq!(written, n);
+    if n == body.len() {
+        // No bare CR or LF and a final line end (each would add octets): already normalized.
+        out.extend_from_slice(body);
+    } else {
+        let written = normalize_into(body, out);
+        debug_assert_eq!(written, n);
+    }
     n
 }
 
@@ -248,6 +253,11 @@ mod tests {
             let mut want = reference(&body, true);
             want.extend_from_slice(b".\r\n");
             proptest::prop_assert_eq!(stuffed, want);
+            let mut bdat = Vec::new();
+            let n = encode_bdat_into(&body, &mut bdat);
+            let mut want = format!("BDAT {n} LAST\r\n").into_bytes();
+            want.extend_from_slice(&reference(&body, false));
+            proptest::prop_assert_eq!(bdat, want);
         }
     }
 }

@@ -172,7 +172,7 @@ impl ReplyParser {
     pub fn next_reply(&mut self) -> Result<Option<Reply>, ProtocolError> {
         loop {
             let rest = &self.buf[self.pos..];
-            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
                 if rest.len() > MAX_LINE {
                     return Err(ProtocolError::LineTooLong);
                 }

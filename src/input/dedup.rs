@@ -9,9 +9,19 @@ use std::hash::{DefaultHasher, Hasher};
 /// Lowercasing the whole address is a practical choice: local parts are case-sensitive in
 /// theory (RFC 5321 §2.4) but virtually never in practice.
 pub fn address_key(email: &str) -> u64 {
+    let email = email.trim();
     let mut h = DefaultHasher::new();
-    for c in email.trim().chars().flat_map(char::to_lowercase) {
-        h.write_u32(u32::from(c));
+    if email.is_ascii() && email.len() <= 256 {
+        // The common case, without an allocation: the lowercased octets are the lowercased
+        // text's UTF-8, so the key is the one the general case below gives.
+        let mut buf = [0u8; 256];
+        let lower = &mut buf[..email.len()];
+        lower.copy_from_slice(email.as_bytes());
+        lower.make_ascii_lowercase();
+        h.write(lower);
+    } else {
+        let lower: String = email.chars().flat_map(char::to_lowercase).collect();
+        h.write(lower.as_bytes());
     }
     h.finish()
 }

@@ -107,20 +107,20 @@ pub(crate) fn find_duplicates_with<R: Read>(
     let mut runs: Vec<File> = Vec::new();
     let mut buf: Vec<(u64, u64)> = Vec::with_capacity(run_entries.min(1 << 16));
     let mut list = open()?;
-    while let Some(row) = list.next_row() {
+    while let Some(row) = list.next_scanned() {
         let row = row?;
         scan.rows += 1;
-        if let Some(problem) = &row.problem {
+        if let Some(problem) = row.problem {
             scan.problems += 1;
             if scan.first_problem.is_none() {
-                scan.first_problem = Some((row.line, problem.clone()));
+                scan.first_problem = Some((row.line, problem));
             }
             continue;
         }
         if !take(row.number) {
             continue;
         }
-        buf.push((hash(&row.email), row.number));
+        buf.push((hash(row.email), row.number));
         if buf.len() >= run_entries {
             runs.push(write_run(&mut buf).map_err(DedupError::Temp)?);
         }

@@ -494,45 +494,92 @@ impl<R: Read> ListReader<R> {
         Some(Ok(self.make_row(line)))
     }
 
-    fn make_row(&self, line: u64) -> Row {
-        let width = self.headers.len();
-        let mut problem = None;
-        let utf8 = self.record.iter().all(|f| std::str::from_utf8(f).is_ok());
-        if !utf8 {
-            problem = Some(PROBLEM_NOT_UTF8.to_owned());
+    /// Reads the next data row for a pre-pass: its number, line and problem, and its address
+    /// borrowed from the record (meaningful when there is no problem), without copying the
+    /// row's values. The rows and problems are those of [`ListReader::next_row`].
+    pub(crate) fn next_scanned(&mut self) -> Option<Result<Scanned<'_>, InputError>> {
+        if self.done {
+            return None;
         }
-        let mut fields: Vec<String> = Vec::with_capacity(width);
-        for field in self.record.iter().take(width) {
-            fields.push(String::from_utf8_lossy(field).into_owned());
-        }
-        fields.resize(width, String::new());
-        if problem.is_none() && self.record.len() > width {
-            let extra_used = self
-                .record
-                .iter()
-                .skip(width)
-                .any(|f| !f.iter().all(u8::is_ascii_whitespace));
-            if extra_used {
-                problem = Some(format!(
-                    "row has {} fields, the header has {width}",
-                    self.record.len()
-                ));
+        let line = match self.read_record() {
+            Ok(Some(line)) => line,
+            Ok(None) => {
+                self.done = true;
+                return None;
             }
-        }
-        let email = fields[self.email_index].trim().to_owned();
-        if problem.is_none()
-            && let Err(e) = check_address(&email)
-        {
-            problem = Some(e.to_string());
-        }
-        Row {
+            Err(e) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+        };
+        self.rows += 1;
+        let email = self
+            .record
+            .get(self.email_index)
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .map_or("", str::trim);
+        Some(Ok(Scanned {
             number: self.rows,
             line,
             email,
+            problem: self.problem(email),
+        }))
+    }
+
+    fn make_row(&self, line: u64) -> Row {
+        let width = self.headers.len();
+        let mut fields: Vec<String> = Vec::with_capacity(width);
+        for field in self.record.iter().take(width) {
+            fields.push(match std::str::from_utf8(field) {
+                Ok(text) => text.to_owned(),
+                Err(_) => String::from_utf8_lossy(field).into_owned(),
+            });
+        }
+        fields.resize(width, String::new());
+        let email = fields[self.email_index].trim().to_owned();
+        Row {
+            number: self.rows,
+            line,
+            problem: self.problem(&email),
+            email,
             fields,
-            problem,
         }
     }
+
+    /// Why the current record cannot be sent, if it cannot: a value that is not UTF-8, more
+    /// values than columns, or a bad address (`email`, trimmed).
+    fn problem(&self, email: &str) -> Option<String> {
+        let width = self.headers.len();
+        if self.record.iter().any(|f| std::str::from_utf8(f).is_err()) {
+            return Some(PROBLEM_NOT_UTF8.to_owned());
+        }
+        if self.record.len() > width
+            && self
+                .record
+                .iter()
+                .skip(width)
+                .any(|f| !f.iter().all(u8::is_ascii_whitespace))
+        {
+            return Some(format!(
+                "row has {} fields, the header has {width}",
+                self.record.len()
+            ));
+        }
+        check_address(email).err().map(|e| e.to_string())
+    }
+}
+
+/// A data row as [`ListReader::next_scanned`] reads it.
+#[derive(Debug)]
+pub(crate) struct Scanned<'a> {
+    /// As [`Row::number`].
+    pub(crate) number: u64,
+    /// As [`Row::line`].
+    pub(crate) line: u64,
+    /// As [`Row::email`], borrowed.
+    pub(crate) email: &'a str,
+    /// As [`Row::problem`].
+    pub(crate) problem: Option<String>,
 }
 
 impl<R: Read> Iterator for ListReader<R> {

@@ -300,3 +300,27 @@ fn duplicates_across_merges() {
     }
     assert_eq!(f.len() as u64, n);
 }
+
+#[test]
+fn address_keys_ignore_case_and_outer_space_whatever_the_path() {
+    use super::address_key;
+    assert_eq!(
+        address_key(" Ann@Example.COM "),
+        address_key("ann@example.com")
+    );
+    // U+212A KELVIN SIGN lowercases to an ASCII `k`: the general path meets the ASCII one.
+    assert_eq!(
+        address_key("\u{212a}im@example.com"),
+        address_key("KIM@example.com")
+    );
+    assert_eq!(
+        address_key("ÄNN@example.com"),
+        address_key("änn@example.com")
+    );
+    let long = format!("{}@example.com", "A".repeat(300));
+    assert_eq!(address_key(&long), address_key(&long.to_lowercase()));
+    assert_ne!(
+        address_key("ann@example.com"),
+        address_key("anne@example.com")
+    );
+}

@@ -214,7 +214,7 @@ impl Composer {
             if field.is("cc") || field.is("bcc") {
                 let value = field.unfolded_value();
                 for addr in addr_specs(&value).map_err(|item| ComposeError::Address {
-                    field: field.name.clone(),
+                    field: field.name().to_owned(),
                     value: item,
                 })? {
                     let dup = addr.eq_ignore_ascii_case(&row.email)

@@ -214,13 +214,46 @@ mod timestamp {
     use time::format_description::well_known::Rfc3339;
     use time::macros::format_description;
 
+    /// `2026-12-02T21:49:21.123Z`. The part up to the second is formatted once per second and
+    /// thread (report rows come by the thousand per second); the milliseconds are appended.
     pub(super) fn format(t: &OffsetDateTime) -> String {
+        use std::fmt::Write as _;
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(i64, String)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        const FALLBACK: &str = "1970-01-01T00:00:00.000Z";
+        let t = t.to_offset(time::UtcOffset::UTC);
+        let second = t.unix_timestamp();
+        LAST.with_borrow_mut(|last| {
+            if last.as_ref().is_none_or(|(s, _)| *s != second) {
+                let fmt = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].");
+                let Ok(prefix) = t.format(&fmt) else {
+                    return FALLBACK.to_owned();
+                };
+                *last = Some((second, prefix));
+            }
+            let prefix = last.as_ref().map_or("", |(_, p)| p.as_str());
+            let mut out = String::with_capacity(prefix.len() + 4);
+            out.push_str(prefix);
+            let _ = write!(out, "{:03}Z", t.millisecond());
+            out
+        })
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn the_cached_second_gives_the_full_format() {
         let fmt = format_description!(
             "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
         );
-        t.to_offset(time::UtcOffset::UTC)
-            .format(&fmt)
-            .unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".to_owned())
+        let base = OffsetDateTime::from_unix_timestamp(1_796_247_761).expect("time");
+        for ms in [0_i64, 1, 999, 1000, 1001, 59_999, 86_400_123, 5, 5] {
+            let t = base + time::Duration::milliseconds(ms);
+            assert_eq!(format(&t), t.format(&fmt).expect("format"));
+            let east = t.to_offset(time::UtcOffset::from_hms(5, 30, 0).expect("offset"));
+            assert_eq!(format(&east), t.format(&fmt).expect("format"));
+        }
     }
 
     pub(super) fn parse(s: &str) -> Result<OffsetDateTime, time::error::Parse> {

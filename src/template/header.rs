@@ -3,7 +3,6 @@
 
 use base64::Engine as _;
 
-use super::RowError;
 use super::address::{find_top_level, split_top_level};
 use crate::engine::check_address;
 
@@ -135,40 +134,22 @@ impl Field<'_> {
     }
 }
 
-/// Splits a rendered header section (LF line ends) into fields; drops blank lines.
-pub(crate) fn split_fields(text: &str) -> Result<Vec<Field<'_>>, RowError> {
-    let mut fields: Vec<Field<'_>> = Vec::new();
-    for (i, line) in text.split(['\n', '\r']).enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        if line.starts_with([' ', '\t']) {
-            match fields.last_mut() {
-                Some(f) => f.lines.push(line),
-                None => {
-                    return Err(RowError::Header {
-                        line: i + 1,
-                        message: "a folded continuation line has no header field before it"
-                            .to_owned(),
-                    });
-                }
+/// `text.split(['\n', '\r'])`, with the line ends found by `memchr2`.
+pub(crate) fn split_lf_cr(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr2(b'\n', b'\r', r.as_bytes()) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
             }
-            continue;
-        }
-        match line.split_once(':') {
-            Some((name, _)) if is_field_name(name) => fields.push(Field {
-                name,
-                lines: vec![line],
-            }),
-            _ => {
-                return Err(RowError::Header {
-                    line: i + 1,
-                    message: format!("not a header field: {:?}", truncate(line, 60)),
-                });
+            None => {
+                rest = None;
+                Some(r)
             }
         }
-    }
-    Ok(fields)
+    })
 }
 
 /// Re-encodes a non-ASCII field with RFC 2047 encoded-words and folds it.

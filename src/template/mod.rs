@@ -291,6 +291,11 @@ pub struct Template {
     plain_text_type: bool,
     /// The name of the HTML template added with [`Template::add_html`], if any.
     html_name: Option<String>,
+    /// Set when the body has no template syntax (no `{{`, `{%` or `{#`): it renders the same
+    /// for every row, so its first rendering, with CRLF line ends, is kept for all the others.
+    static_body: Option<std::sync::OnceLock<Vec<u8>>>,
+    /// Octets to reserve for the body of a rendered message.
+    body_hint: usize,
 }
 
 /// Which of a template's bodies to render.
@@ -405,6 +410,9 @@ impl Template {
             static_from,
             plain_text_type,
             html_name: None,
+            static_body: (!["{{", "{%", "{#"].iter().any(|t| body_src.contains(t)))
+                .then(std::sync::OnceLock::new),
+            body_hint: body_src.len() + body_src.len() / 16 + 64,
         })
     }
 
@@ -476,13 +484,20 @@ impl Template {
     ) -> Result<Rendered, RowError> {
         let ctx = self.context(row, headers);
         let section = self.render_headers(&ctx, row.number, opts)?;
-        let mut data = Vec::with_capacity(section.len_hint() + 512);
+        let mut data = Vec::with_capacity(section.len_hint() + self.body_hint);
         for field in &section.fields {
             field.write(&mut data, opts.smtputf8, false);
         }
         data.extend_from_slice(b"\r\n");
-        let body = self.render_body(&ctx, BodyKind::Plain)?;
-        push_normalized(&mut data, &body);
+        match self.static_body.as_ref().map(|b| (b, b.get())) {
+            Some((_, Some(body))) => data.extend_from_slice(body),
+            Some((cell, None)) => {
+                let start = data.len();
+                push_normalized(&mut data, &self.render_body(&ctx, BodyKind::Plain)?);
+                let _ = cell.set(data[start..].to_vec());
+            }
+            None => push_normalized(&mut data, &self.render_body(&ctx, BodyKind::Plain)?),
+        }
 
         // Every line end is CRLF here (fields are written line by line, the body normalized):
         // the windowed check applies.

@@ -500,3 +500,38 @@ fn render_errors_fail_the_row() {
         .expect_err("int");
     assert!(matches!(err, RowError::Render { line: 4, .. }), "{err:?}");
 }
+
+#[test]
+fn a_body_without_template_syntax_is_rendered_once_and_reused() {
+    let c = cols(&["email", "name"]);
+    for (body, want) in [
+        (
+            "Same for all,\nline two\r\n.dot\rend",
+            "Same for all,\r\nline two\r\n.dot\r\nend\r\n",
+        ),
+        ("", ""),
+        ("one { brace } only\n", "one { brace } only\r\n"),
+    ] {
+        let src =
+            format!("From: a@example.org\nTo: {{{{ email }}}}\nSubject: {{{{ name }}}}\n\n{body}");
+        let t = Template::parse(src.as_bytes(), "t.eml", &c).expect("parse");
+        assert!(t.static_body.is_some(), "{body:?}");
+        for (email, name) in [("a@example.com", "Ann"), ("b@example.com", "Bob")] {
+            let r = t.render(&row(&[email, name]), &c, &opts()).expect("render");
+            let s = text(&r);
+            let (head, got) = s.split_once("\r\n\r\n").expect("blank line");
+            assert!(
+                head.contains(&format!("To: {email}\r\nSubject: {name}\r\n")),
+                "{s}"
+            );
+            assert_eq!(got, want, "{body:?}");
+        }
+    }
+    let t = Template::parse(
+        BASIC.as_bytes(),
+        "msg.eml",
+        &cols(&["email", "name", "note"]),
+    )
+    .expect("parse");
+    assert!(t.static_body.is_none());
+}
