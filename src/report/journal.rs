@@ -8,9 +8,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, FsError};
 
-/// `<report>.journal`, or `None` for a report on standard output.
+/// `<report>.journal`, or `None` for a report on standard output or in an existing file that
+/// is not a regular file (`/dev/null`, a pipe, a terminal): such a report cannot be resumed
+/// from, so no journal is kept (and none is left in `/dev` by a killed run).
 pub fn journal_path(report_path: &str) -> Option<PathBuf> {
-    (report_path != "-").then(|| PathBuf::from(format!("{report_path}.journal")))
+    if report_path == "-" || fs::metadata(report_path).is_ok_and(|m| !m.is_file()) {
+        return None;
+    }
+    Some(PathBuf::from(format!("{report_path}.journal")))
 }
 
 /// `<report>.resume`: the carry file of [`ResumeState`](super::ResumeState).

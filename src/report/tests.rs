@@ -392,3 +392,26 @@ fn append(path: &Path) -> File {
         .open(path)
         .expect("open for append")
 }
+
+#[test]
+fn no_journal_beside_a_report_that_is_not_a_regular_file() {
+    assert_eq!(journal_path("-"), None);
+    assert_eq!(journal_path("/dev/null"), None);
+    let j = Journal::create("/dev/null").expect("journal");
+    assert_eq!(j.path(), None);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("r.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        assert_eq!(journal_path(fifo.to_str().expect("utf-8")), None);
+    }
+    // A regular file, or one not there yet, gets its journal.
+    let p = dir.path().join("r.csv");
+    let p = p.to_str().expect("utf-8");
+    assert_eq!(journal_path(p), Some(format!("{p}.journal").into()));
+    std::fs::write(p, "x").expect("write");
+    assert_eq!(journal_path(p), Some(format!("{p}.journal").into()));
+}
