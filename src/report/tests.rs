@@ -412,6 +412,6 @@ fn no_journal_beside_a_report_that_is_not_a_regular_file() {
     let p = dir.path().join("r.csv");
     let p = p.to_str().expect("utf-8");
     assert_eq!(journal_path(p), Some(format!("{p}.journal").into()));
-    std::fs::write(p, "x").expect("write");
+    fs::write(p, "x").expect("write");
     assert_eq!(journal_path(p), Some(format!("{p}.journal").into()));
 }
