@@ -476,43 +476,39 @@ impl<R: Read> ListReader<R> {
     ///
     /// Per-row problems are reported in [`Row::problem`], not as errors.
     pub fn next_row(&mut self) -> Option<Result<Row, InputError>> {
+        Some(self.advance()?.map(|line| self.make_row(line)))
+    }
+
+    /// Reads the next record and counts it; its line, `None` at the end of the list (and after
+    /// a fatal error).
+    fn advance(&mut self) -> Option<Result<u64, InputError>> {
         if self.done {
             return None;
         }
-        let line = match self.read_record() {
-            Ok(Some(line)) => line,
+        match self.read_record() {
+            Ok(Some(line)) => {
+                self.rows += 1;
+                Some(Ok(line))
+            }
             Ok(None) => {
                 self.done = true;
-                return None;
+                None
             }
             Err(e) => {
                 self.done = true;
-                return Some(Err(e));
+                Some(Err(e))
             }
-        };
-        self.rows += 1;
-        Some(Ok(self.make_row(line)))
+        }
     }
 
     /// Reads the next data row for a pre-pass: its number, line and problem, and its address
     /// borrowed from the record (meaningful when there is no problem), without copying the
     /// row's values. The rows and problems are those of [`ListReader::next_row`].
     pub(crate) fn next_scanned(&mut self) -> Option<Result<Scanned<'_>, InputError>> {
-        if self.done {
-            return None;
-        }
-        let line = match self.read_record() {
-            Ok(Some(line)) => line,
-            Ok(None) => {
-                self.done = true;
-                return None;
-            }
-            Err(e) => {
-                self.done = true;
-                return Some(Err(e));
-            }
+        let line = match self.advance()? {
+            Ok(line) => line,
+            Err(e) => return Some(Err(e)),
         };
-        self.rows += 1;
         let email = self
             .record
             .get(self.email_index)
