@@ -258,35 +258,81 @@ fn split_line(line: &[u8]) -> Result<(u16, bool, &[u8]), ProtocolError> {
     }
 }
 
-/// Parses `x.y.z ` at the start of `text` when its class matches the reply code's class.
+/// Parses `x.y.z ` at the start of `text` when its class matches the reply code's class:
+/// `x` one digit (2, 4 or 5), `y` and `z` one to three digits each.
 fn parse_enhanced(text: &[u8], code: u16) -> Option<(EnhancedCode, &[u8])> {
-    let end = text.iter().position(|&b| b == b' ').unwrap_or(text.len());
-    let word = std::str::from_utf8(&text[..end]).ok()?;
-    let mut parts = word.split('.');
+    let end = memchr::memchr(b' ', text).unwrap_or(text.len());
+    let mut parts = text[..end].split(|&b| b == b'.');
     let (c, s, d) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some()
-        || c.len() != 1
-        || !(1..=3).contains(&s.len())
-        || !(1..=3).contains(&d.len())
-    {
+    if parts.next().is_some() || c.len() != 1 {
         return None;
     }
-    let class: u8 = c.parse().ok()?;
-    if u16::from(class) != code / 100 || !matches!(class, 2 | 4 | 5) {
+    let class = digits(c)?;
+    if class != code / 100 || !matches!(class, 2 | 4 | 5) {
         return None;
     }
     let enh = EnhancedCode {
-        class,
-        subject: s.parse().ok()?,
-        detail: d.parse().ok()?,
+        class: class as u8,
+        subject: digits(s)?,
+        detail: digits(d)?,
     };
     let rest = text.get(end + 1..).unwrap_or(&[]);
     Some((enh, rest))
 }
 
+/// One to three ASCII digits as a number.
+fn digits(text: &[u8]) -> Option<u16> {
+    if !(1..=3).contains(&text.len()) {
+        return None;
+    }
+    text.iter().try_fold(0u16, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u16::from(b - b'0'))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `str`-based parser the byte one replaced, kept as the reference.
+    /// Parses `x.y.z ` at the start of `text` when its class matches the reply code's class.
+    fn reference_enhanced(text: &[u8], code: u16) -> Option<(EnhancedCode, &[u8])> {
+        let end = text.iter().position(|&b| b == b' ').unwrap_or(text.len());
+        let word = std::str::from_utf8(&text[..end]).ok()?;
+        let mut parts = word.split('.');
+        let (c, s, d) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some()
+            || c.len() != 1
+            || !(1..=3).contains(&s.len())
+            || !(1..=3).contains(&d.len())
+        {
+            return None;
+        }
+        let class: u8 = c.parse().ok()?;
+        if u16::from(class) != code / 100 || !matches!(class, 2 | 4 | 5) {
+            return None;
+        }
+        let enh = EnhancedCode {
+            class,
+            subject: s.parse().ok()?,
+            detail: d.parse().ok()?,
+        };
+        let rest = text.get(end + 1..).unwrap_or(&[]);
+        Some((enh, rest))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn enhanced_codes_parse_as_the_reference_does(
+            text in "[0-9.a ]{0,14}|[245]\\.[0-9]{1,4}\\.[0-9]{1,4}( .{0,5})?",
+            code in proptest::sample::select(vec![250_u16, 451, 550, 354, 221]),
+        ) {
+            proptest::prop_assert_eq!(
+                parse_enhanced(text.as_bytes(), code),
+                reference_enhanced(text.as_bytes(), code)
+            );
+        }
+    }
 
     fn all(input: &[u8]) -> Result<Vec<Reply>, ProtocolError> {
         let mut p = ReplyParser::new();
