@@ -608,8 +608,21 @@ fn new_environment() -> Environment<'static> {
         if state.name() != HEADERS || value.is_undefined() || value.is_none() {
             return minijinja::escape_formatter(out, state, value);
         }
-        let text = value.to_string();
-        let result = if text.chars().any(needs_sanitizing) {
+        // A string value is written from where it is (most values are strings).
+        let owned;
+        let text = match value.as_str() {
+            Some(s) => s,
+            None => {
+                owned = value.to_string();
+                owned.as_str()
+            }
+        };
+        let dirty = if text.is_ascii() {
+            text.bytes().any(|b| b.is_ascii_control() && b != b'\t')
+        } else {
+            text.chars().any(needs_sanitizing)
+        };
+        let result = if dirty {
             state.set_temp(SANITIZED, Value::from(true));
             let clean: String = text
                 .chars()
@@ -617,7 +630,7 @@ fn new_environment() -> Environment<'static> {
                 .collect();
             out.write_str(&clean)
         } else {
-            out.write_str(&text)
+            out.write_str(text)
         };
         result.map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "write failed"))
     });
