@@ -63,7 +63,7 @@ mod tests;
 
 use std::collections::HashSet;
 
-use minijinja::{Environment, ErrorKind, UndefinedBehavior, Value};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use time::OffsetDateTime;
 
 use crate::input::Row;
@@ -90,8 +90,11 @@ const BODY: &str = "body";
 const BODY_ESCAPED: &str = "body.html";
 const HTML: &str = "html.html";
 
-/// Name of the minijinja temp that records that a header value was sanitized.
-const SANITIZED: &str = "pipemail.sanitized";
+thread_local! {
+    /// Set by the formatter when it replaced control characters in a header value during the
+    /// header render running on this thread (rendering is synchronous: one at a time).
+    static SANITIZED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Domain used in generated Message-IDs when no better one is known.
 pub const FALLBACK_MESSAGE_ID_DOMAIN: &str = "pipemail.invalid";
@@ -531,14 +534,14 @@ impl Template {
         row_number: u64,
         opts: &RenderOptions,
     ) -> Result<HeaderSection, RowError> {
-        let captured = self
+        SANITIZED.set(false);
+        let header_text = self
             .env
             .get_template(HEADERS)
             .expect("template added at parse time")
-            .render_captured(ctx)
+            .render(ctx)
             .map_err(|e| row_error(&e, 0))?;
-        let sanitized = captured.state().get_temp(SANITIZED).is_some();
-        let header_text = captured.into_output();
+        let sanitized = SANITIZED.replace(false);
         HeaderSection::build(&header_text, sanitized, row_number, opts)
     }
 
@@ -623,7 +626,7 @@ fn new_environment() -> Environment<'static> {
             text.chars().any(needs_sanitizing)
         };
         let result = if dirty {
-            state.set_temp(SANITIZED, Value::from(true));
+            SANITIZED.set(true);
             let clean: String = text
                 .chars()
                 .map(|c| if needs_sanitizing(c) { ' ' } else { c })
