@@ -1,8 +1,6 @@
 //! The rendered header section of one row: fields as rendered (values sanitized), `Date` and
 //! `Message-ID` added when missing, written out RFC 2047-encoded and folded as needed.
 
-use std::fmt::Write as _;
-
 use time::format_description::well_known::Rfc2822;
 
 use super::address::{address_in, is_plain_domain};
@@ -39,7 +37,9 @@ impl RenderedField {
     fn split_all(text: &str) -> Result<Vec<Self>, RowError> {
         let mut fields: Vec<Self> = Vec::with_capacity(8);
         for (i, line) in split_lf_cr(text).enumerate() {
-            if line.trim().is_empty() {
+            // A line starting with a printable ASCII character is not blank: no trim needed.
+            if !line.as_bytes().first().is_some_and(u8::is_ascii_graphic) && line.trim().is_empty()
+            {
                 continue;
             }
             if line.starts_with([' ', '\t']) {
@@ -58,8 +58,8 @@ impl RenderedField {
                 }
                 continue;
             }
-            match line.split_once(':') {
-                Some((name, _)) if is_field_name(name) => fields.push(Self {
+            match memchr::memchr(b':', line.as_bytes()).map(|colon| &line[..colon]) {
+                Some(name) if is_field_name(name) => fields.push(Self {
                     text: line.to_owned(),
                     name_len: name.len(),
                 }),
@@ -179,17 +179,24 @@ impl HeaderSection {
                         from_domain.as_deref().unwrap_or(FALLBACK_MESSAGE_ID_DOMAIN)
                     }
                 };
-                let mut id = String::with_capacity(48 + domain.len());
-                // The nanoseconds fit 64 bits until 2554; formatting an i128 costs more.
-                let nanos = opts.now.unix_timestamp_nanos();
-                let _ = match u64::try_from(nanos) {
-                    Ok(n) => write!(id, "{n}.{row_number}.{}@{domain}", process_id()),
-                    Err(_) => write!(id, "{nanos}.{row_number}.{}@{domain}", process_id()),
-                };
-                let mut field = RenderedField::new("Message-ID", "<");
-                field.text.push_str(&id);
-                field.text.push('>');
-                fields.push(field);
+                // `<nanoseconds>.<row>.<pid>@<domain>`, the numbers written with `itoa`.
+                let mut id = String::with_capacity(64 + domain.len());
+                let mut digits = itoa::Buffer::new();
+                id.push_str(digits.format(opts.now.unix_timestamp_nanos()));
+                id.push('.');
+                id.push_str(digits.format(row_number));
+                id.push('.');
+                id.push_str(digits.format(process_id()));
+                id.push('@');
+                id.push_str(domain);
+                let mut text = String::with_capacity(id.len() + 14);
+                text.push_str("Message-ID: <");
+                text.push_str(&id);
+                text.push('>');
+                fields.push(RenderedField {
+                    text,
+                    name_len: "Message-ID".len(),
+                });
                 id
             }
         };
