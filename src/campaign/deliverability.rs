@@ -8,8 +8,6 @@
 //! final bytes and its `DKIM-Signature` field is prepended. Nothing changes the message after
 //! that (dot-stuffing and BDAT framing are transport and not covered by the signature).
 
-use std::collections::BTreeMap;
-
 use minijinja::{Environment, UndefinedBehavior};
 
 use crate::deliver::dkim::{DkimSigner, sign_all};
@@ -17,7 +15,7 @@ use crate::deliver::dsn::{Notify, Ret, envid, mail_params, rcpt_params};
 use crate::deliver::unsubscribe::unsubscribe_headers;
 use crate::engine::{DsnParams, Message, check_address};
 use crate::input::Row;
-use crate::template::ROW_VARIABLE;
+use crate::template::{ROW_VARIABLE, RowContext};
 
 /// Why a small per-row template (`--from`, `--unsubscribe`) was refused.
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +85,12 @@ impl RowTemplate {
 
     /// Renders for `row`; `headers` are the list's column names. `Err(why)` fails the row.
     pub fn render(&self, row: &Row, headers: &[String]) -> Result<String, String> {
-        let mut ctx: BTreeMap<&str, minijinja::Value> = BTreeMap::new();
+        // The message template's row context: the columns used, and the row number.
+        let mut ctx = RowContext::default();
         for c in &self.columns {
-            ctx.insert(c.as_str(), row.column(headers, c).into());
+            ctx.columns.insert(c.as_str(), row.column(headers, c));
         }
-        if self.uses_row {
-            ctx.insert(ROW_VARIABLE, row.number.into());
-        }
+        ctx.row = self.uses_row.then_some(row.number);
         self.env
             .get_template(NAME)
             .and_then(|t| t.render(&ctx))

@@ -68,7 +68,7 @@ pub(crate) fn is_plain_domain(d: &str) -> bool {
 pub(crate) fn static_from_address(src: &str) -> Option<String> {
     let value = from_field_value(src);
     let value = value?;
-    if value.contains("{{") || value.contains("{%") || value.contains("{#") {
+    if super::has_template_syntax(&value) {
         return None;
     }
     address_in(&value)

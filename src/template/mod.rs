@@ -413,8 +413,7 @@ impl Template {
             static_from,
             plain_text_type,
             html_name: None,
-            static_body: (!["{{", "{%", "{#"].iter().any(|t| body_src.contains(t)))
-                .then(std::sync::OnceLock::new),
+            static_body: (!has_template_syntax(body_src)).then(std::sync::OnceLock::new),
             body_hint: body_src.len() + body_src.len() / 16 + 64,
         })
     }
@@ -679,6 +678,12 @@ fn check_variables(
     }
 }
 
+/// True if `text` has template syntax (`{{`, `{%` or `{#`): without any, it renders as
+/// written for every row.
+pub(crate) fn has_template_syntax(text: &str) -> bool {
+    ["{{", "{%", "{#"].iter().any(|t| text.contains(t))
+}
+
 /// True if `variables` has `row` and it is not a column: the template gets the row number.
 fn uses_row_number(variables: &[String], columns: &[String]) -> bool {
     variables.iter().any(|v| v == ROW_VARIABLE) && !columns.iter().any(|c| c == ROW_VARIABLE)
@@ -701,7 +706,7 @@ fn declares_plain_text(header_src: &str, names: &[String]) -> bool {
     match count("content-type") {
         0 => true,
         1 => address::field_value(header_src, "content-type").is_some_and(|v| {
-            if v.contains("{{") || v.contains("{#") {
+            if has_template_syntax(&v) {
                 return false;
             }
             let mut params = v.split(';');
