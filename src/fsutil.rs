@@ -91,6 +91,18 @@ fn classify(path: &Path) -> Result<Option<fs::FileType>, FsError> {
     }
 }
 
+/// True when `path` itself (not through a symlink) is the null device, the same device as
+/// `/dev/null`: what is written there is discarded, so a report there need not be written.
+pub fn is_null_device(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(m) = fs::symlink_metadata(path) else {
+        return false;
+    };
+    m.file_type().is_char_device()
+        && fs::metadata("/dev/null")
+            .is_ok_and(|n| n.file_type().is_char_device() && n.rdev() == m.rdev())
+}
+
 /// Turns an `open` error into the typed error for what is at `path`.
 fn open_error(path: &Path, e: io::Error) -> FsError {
     match classify(path) {
@@ -305,6 +317,21 @@ mod tests {
         fs::write(&t, b"keep me").expect("write");
         fs::set_permissions(&t, fs::Permissions::from_mode(0o644)).expect("chmod");
         t
+    }
+
+    #[test]
+    fn null_device_is_recognized_only_as_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(is_null_device(Path::new("/dev/null")));
+        let link = dir.path().join("null");
+        symlink("/dev/null", &link).expect("symlink");
+        assert!(!is_null_device(&link), "a symlink is not followed");
+        assert!(!is_null_device(&target(dir.path())));
+        assert!(!is_null_device(&dir.path().join("missing")));
+        assert!(!is_null_device(dir.path()));
+        if Path::new("/dev/zero").exists() {
+            assert!(!is_null_device(Path::new("/dev/zero")));
+        }
     }
 
     fn unchanged(t: &Path) {

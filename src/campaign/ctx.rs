@@ -219,6 +219,18 @@ impl Ctx {
         }
     }
 
+    /// Is a decided row needed as a [`ReportRow`] (a report is written, or permanent
+    /// failures are collected for `--suppress-add`)? Otherwise only its status is counted
+    /// ([`Ctx::count_row`]).
+    pub(super) fn wants_rows(&self) -> bool {
+        self.permanent.is_some() || lock(&self.writer).is_some()
+    }
+
+    /// Counts a decided row that is not written anywhere (see [`Ctx::wants_rows`]).
+    pub(super) fn count_row(&self, status: Status) {
+        let _ = self.report.send(ReportMsg::Row(status));
+    }
+
     pub(super) fn report_row(&self, row: &ReportRow, now: bool) {
         let failed = {
             let mut w = lock(&self.writer);
@@ -252,7 +264,7 @@ impl Ctx {
         {
             lock(p).push(row.email.clone());
         }
-        let _ = self.report.send(ReportMsg::Row(row.status));
+        self.count_row(row.status);
     }
 
     pub(super) fn set_error(&self, e: &str) {

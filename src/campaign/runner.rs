@@ -7,6 +7,7 @@
 //! report, so `--resume` re-sends at most one window per session. Jobs flow through the
 //! bounded schedule so memory stays flat.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -37,6 +38,11 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         None => Renderer::new(c.template, headers, c.from),
     };
     let (writer, journal) = match &c.report {
+        // A report on the null device is discarded: it is not encoded at all (the counts
+        // and the summary do not depend on it).
+        Some((path, _)) if path != "-" && crate::fsutil::is_null_device(Path::new(path)) => {
+            (None, None)
+        }
         Some((path, format)) => {
             let w = ReportWriter::create(path, *format).map_err(|source| {
                 CampaignError::ReportCreate {

@@ -501,6 +501,11 @@ fn finish_job(
     if v.status == Status::Sent {
         ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
     }
+    if !ctx.wants_rows() {
+        ctx.count_row(v.status);
+        ctx.queue.notify.notify_waiters();
+        return;
+    }
     let mut r = row_report(&v.job.row, v.status, Some(o.stage.into()), v.job.attempts);
     r.smtp_code = o.reply.as_ref().map(|r| r.code);
     r.enhanced_code = o

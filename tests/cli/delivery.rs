@@ -231,19 +231,37 @@ fn dot_lines_and_mixed_line_endings_arrive_byte_exact_with_data_and_bdat() {
     }
 }
 
-/// A report written to a device (`--report /dev/null`, as benchmarks and cron jobs do) is
-/// written to, not refused as "not a regular file", and no journal lands beside it.
+/// A report to the null device (`--report /dev/null`, as benchmarks and cron jobs do) is
+/// accepted, not refused as "not a regular file"; its rows are not even encoded, yet every
+/// outcome is counted and sent as without a report, and no journal lands beside it.
 #[test]
 fn report_to_dev_null_is_accepted() {
-    let fx = simple_fixture();
-    let sink = plain_sink();
+    let fx = Fx::new();
+    fx.write(
+        "list.csv",
+        "email,name\nok@x.example,Ok\nno@bad.example,No\nlater@slow.example,Later\n",
+    );
+    fx.write("t.eml", SIMPLE_TEMPLATE);
+    let sink = start_sink(SinkConfig {
+        reject: rules(&["550:*@bad.example", "450:*@slow.example"]),
+        ..SinkConfig::default()
+    });
     let mut c = fx.send(&host_of(&sink));
-    c.args(["--list", "list.csv", "--template", "t.eml"]).args([
-        "--report",
-        "/dev/null",
-        "--format",
-        "csv",
-    ]);
-    expect_code(&run(c), 0);
+    c.args([
+        "--list",
+        "list.csv",
+        "--template",
+        "t.eml",
+        "--retries",
+        "1",
+    ])
+    .args(["--report", "/dev/null", "--format", "csv"]);
+    let out = run(c);
+    expect_code(&out, 1);
+    assert!(
+        out.stderr.contains("3 rows: 1 sent, 1 failed, 1 deferred"),
+        "{out}"
+    );
+    assert_eq!(sink.messages().len(), 1);
     assert!(!Path::new("/dev/null.journal").exists());
 }
