@@ -8,6 +8,10 @@
 /// Appends `body` with every line ending made CRLF and a final CRLF when missing.
 /// Returns the number of octets appended.
 pub fn normalize_into(body: &[u8], out: &mut Vec<u8>) -> usize {
+    if is_encoded(body, false) {
+        out.extend_from_slice(body);
+        return body.len();
+    }
     let start = out.len();
     walk(body, out, false);
     out.len() - start
@@ -17,6 +21,9 @@ pub fn normalize_into(body: &[u8], out: &mut Vec<u8>) -> usize {
 ///
 /// Counts with `memchr`: a CRLF pair stays two octets, a bare CR or LF becomes two.
 pub fn normalized_len(body: &[u8]) -> usize {
+    if is_encoded(body, false) {
+        return body.len();
+    }
     let mut n = body.len();
     let mut i = 0;
     while let Some(off) = memchr::memchr2(b'\r', b'\n', &body[i..]) {
@@ -42,8 +49,57 @@ fn ends_with_eol(body: &[u8]) -> bool {
 /// Appends the DATA form of `body`: CRLF line endings, a leading `.` doubled on every line,
 /// a final CRLF when missing, then the end-of-data line `.` CRLF.
 pub fn encode_data_into(body: &[u8], out: &mut Vec<u8>) {
-    walk(body, out, true);
+    if is_encoded(body, true) {
+        out.extend_from_slice(body);
+    } else {
+        walk(body, out, true);
+    }
     out.extend_from_slice(b".\r\n");
+}
+
+/// True when `body` is already in its encoded form, so it is copied as it is: empty, or
+/// every CR followed by LF, every LF preceded by CR, a final CRLF and (with `stuff`) no line
+/// starting with `.`. A rendered message usually is: its lines are written with CRLF.
+///
+/// One pass over adjacent octet pairs in fixed-size blocks, without branches inside a block
+/// (the compiler turns a block into a few vector compares), instead of a `memchr` per line.
+fn is_encoded(body: &[u8], stuff: bool) -> bool {
+    const BLOCK: usize = 64;
+    let n = body.len();
+    if n == 0 {
+        return true;
+    }
+    if !body.ends_with(b"\r\n") || body[0] == b'\n' || (stuff && body[0] == b'.') {
+        return false;
+    }
+    // Pair i is (body[i], body[i + 1]).
+    let (first, second) = (&body[..n - 1], &body[1..]);
+    let mut firsts = first.chunks_exact(BLOCK);
+    let mut seconds = second.chunks_exact(BLOCK);
+    for (a, b) in (&mut firsts).zip(&mut seconds) {
+        let (Ok(a), Ok(b)) = (<&[u8; BLOCK]>::try_from(a), <&[u8; BLOCK]>::try_from(b)) else {
+            return false;
+        };
+        if bad_pairs(a, b, stuff) {
+            return false;
+        }
+    }
+    !bad_pairs(firsts.remainder(), seconds.remainder(), stuff)
+}
+
+/// Does a pair break the encoded form: a CR not before LF, an LF not after CR, or (with
+/// `stuff`) a `.` after LF?
+#[inline(always)]
+fn bad_pairs(first: &[u8], second: &[u8], stuff: bool) -> bool {
+    let stuff = u8::from(stuff);
+    let mut bad = 0u8;
+    for (&a, &b) in first.iter().zip(second) {
+        let cr = u8::from(a == b'\r');
+        let lf = u8::from(b == b'\n');
+        let dot = u8::from(a == b'\n') & u8::from(b == b'.') & stuff;
+        bad |= (cr ^ lf) | dot;
+    }
+    bad != 0
 }
 
 /// Appends `BDAT <n> LAST` CRLF and the normalized body of exactly `n` octets.
@@ -258,6 +314,72 @@ mod tests {
             let mut want = format!("BDAT {n} LAST\r\n").into_bytes();
             want.extend_from_slice(&reference(&body, false));
             proptest::prop_assert_eq!(bdat, want);
+        }
+
+        /// Bodies that are mostly in encoded form already (CRLF lines, across several of
+        /// `is_encoded`'s blocks), with now and then a dot, a bare CR or LF, or no final CRLF.
+        #[test]
+        fn encoded_bodies_are_copied_as_the_reference_encodes_them(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(
+                    proptest::sample::select(vec![b'a', b'a', b'a', b'.', 0xe9, b'\r', b'\n']),
+                    0..90),
+                0..8),
+            final_crlf in proptest::bool::ANY,
+        ) {
+            let mut body = lines.join(&b"\r\n"[..]);
+            if final_crlf && !lines.is_empty() {
+                body.extend_from_slice(b"\r\n");
+            }
+            let want = reference(&body, false);
+            proptest::prop_assert_eq!(is_encoded(&body, false), want == body);
+            let mut norm = Vec::new();
+            proptest::prop_assert_eq!(normalize_into(&body, &mut norm), want.len());
+            proptest::prop_assert_eq!(&norm, &want);
+            proptest::prop_assert_eq!(normalized_len(&body), want.len());
+            let mut stuffed = Vec::new();
+            encode_data_into(&body, &mut stuffed);
+            let mut want = reference(&body, true);
+            proptest::prop_assert_eq!(is_encoded(&body, true), want == body);
+            want.extend_from_slice(b".\r\n");
+            proptest::prop_assert_eq!(stuffed, want);
+        }
+    }
+
+    #[test]
+    fn encoded_form_is_recognized() {
+        assert!(is_encoded(b"", true));
+        assert!(is_encoded(b"a\r\n", true));
+        assert!(is_encoded(b"a\r\n.b\r\n", false));
+        assert!(!is_encoded(b"a\r\n.b\r\n", true));
+        assert!(!is_encoded(b".a\r\n", true));
+        assert!(!is_encoded(b"\na\r\n", false));
+        assert!(!is_encoded(b"a\r\rb\r\n", false));
+        assert!(!is_encoded(b"a\nb\r\n", false));
+        assert!(!is_encoded(b"a", false));
+        assert!(!is_encoded(b"\r\n\r", false));
+        // a bare LF or a dot line at every position of a 200-octet body, across blocks
+        let clean: Vec<u8> = b"abcdefgh\r\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(198)
+            .chain(*b"\r\n")
+            .collect();
+        assert!(is_encoded(&clean, true));
+        for i in 1..clean.len() - 2 {
+            let mut b = clean.clone();
+            b[i] = b'\n';
+            assert!(
+                !is_encoded(&b, false) || reference(&b, false) == b,
+                "LF at {i}"
+            );
+            let mut b = clean.clone();
+            if b[i - 1] == b'\n' {
+                b[i] = b'.';
+                assert!(!is_encoded(&b, true), "dot at {i}");
+                assert!(is_encoded(&b, false), "dot at {i}");
+            }
         }
     }
 }
