@@ -535,3 +535,109 @@ fn a_body_without_template_syntax_is_rendered_once_and_reused() {
     .expect("parse");
     assert!(t.static_body.is_none());
 }
+
+#[test]
+fn header_pieces_split_only_plain_placeholders_of_the_variables() {
+    let vars = cols(&["email", "name", "row"]);
+    use HeaderPiece::{Text, Var};
+    assert_eq!(
+        header_pieces("To: {{ name }} <{{email}}>\nX: {{\trow }}}", &vars),
+        Some(vec![
+            Text("To: ".into()),
+            Var("name".into()),
+            Text(" <".into()),
+            Var("email".into()),
+            Text(">\nX: ".into()),
+            Var("row".into()),
+            Text("}".into()),
+        ])
+    );
+    assert_eq!(
+        header_pieces("Subject: hi }} {", &vars),
+        Some(vec![Text("Subject: hi }} {".into())])
+    );
+    for other in [
+        "To: {{ name | upper }}",
+        "To: {{- name }}",
+        "To: {{ name -}}",
+        "To: {{ 'x' }}",
+        "To: {{ range }}",
+        "To: {{ other }}",
+        "To: {{ name }",
+        "{% if name %}To: {{ name }}{% endif %}",
+        "To: {{ name }}{# note #}",
+        "To: {{ name\n}}",
+        "To: {{ name.upper() }}",
+    ] {
+        assert_eq!(header_pieces(other, &vars), None, "{other:?}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// A header section of literal text and `{{ name }}` placeholders renders to the same
+    /// text, with the same sanitized flag, without minijinja as with it: values with control
+    /// characters, non-ASCII, braces; `row` as the row number or as a column.
+    #[test]
+    fn header_pieces_render_as_minijinja(
+        parts in proptest::collection::vec((
+            proptest::collection::vec(
+                proptest::sample::select(vec!['a', ' ', ':', '\n', '\t', '{', '}', 'é', '<', '>']),
+                0..6,
+            ),
+            proptest::sample::select(vec!["", "{{ a }}", "{{b}}", "{{ \trow }}", "{{ a}}"]),
+        ), 0..6),
+        a in proptest::collection::vec(
+            proptest::sample::select(vec!['x', ' ', '\r', '\n', '\t', '\u{1b}', '\u{85}', 'é', '{', '}', '\u{2028}']),
+            0..8,
+        ),
+        b in "[a-z{}%#]{0,6}",
+        number in 1u64..100_000,
+        row_is_column in proptest::bool::ANY,
+    ) {
+        let mut src = String::new();
+        for (text, var) in &parts {
+            src.extend(text.iter());
+            src.push_str(var);
+        }
+        // Where minijinja would read `{{`/`{%`/`{#` in literal text, the cases are not comparable
+        // as piece lists; those sources fall back to minijinja anyway (or are syntax errors).
+        let mut env = new_environment();
+        proptest::prop_assume!(env.add_template_owned(HEADERS, src.clone()).is_ok());
+        let mut vars = cols(&["a", "b"]);
+        if row_is_column {
+            vars.push("row".into());
+        }
+        let a: String = a.into_iter().collect();
+        let row_text = number.to_string();
+        let mut ctx = RowContext::default();
+        ctx.columns.insert("a", &a);
+        ctx.columns.insert("b", &b);
+        if row_is_column {
+            ctx.columns.insert("row", &row_text);
+        } else {
+            ctx.row = Some(number);
+            vars.push("row".into());
+        }
+        let Some(pieces) = header_pieces(&src, &vars) else {
+            return Ok(());
+        };
+        SANITIZED.set(false);
+        let want = env.get_template(HEADERS).expect("added").render(&ctx).expect("render");
+        let want_dirty = SANITIZED.replace(false);
+        let (got, dirty) = render_pieces(&pieces, &ctx);
+        proptest::prop_assert_eq!(got, want);
+        proptest::prop_assert_eq!(dirty, want_dirty);
+    }
+}
+
+#[test]
+fn templates_with_plain_placeholders_render_headers_without_minijinja() {
+    let (t, _) = basic();
+    assert!(t.header_pieces.is_some());
+    let c = cols(&["email", "name"]);
+    let conditional = "From: a@example.org\n{% if name %}To: {{ name }}{% endif %}\n\nx\n";
+    let t = Template::parse(conditional.as_bytes(), "c.eml", &c).expect("parse");
+    assert!(t.header_pieces.is_none());
+}
