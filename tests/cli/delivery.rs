@@ -74,8 +74,9 @@ fn report_format_follows_the_extension_and_dash_is_stdout() {
 
 // ----- mixed replies -------------------------------------------------------------------------
 
-#[test]
-fn rejected_550_fails_at_rcpt_and_450_is_retried_then_deferred() {
+/// Three rows and a sink that takes the first, refuses the second for good (550) and the
+/// third for now (450): one `sent`, one `failed`, one `deferred`.
+fn mixed_outcomes() -> (Fx, SinkHandle) {
     let fx = Fx::new();
     fx.write(
         "list.csv",
@@ -86,6 +87,12 @@ fn rejected_550_fails_at_rcpt_and_450_is_retried_then_deferred() {
         reject: rules(&["550:*@bad.example", "450:*@slow.example"]),
         ..SinkConfig::default()
     });
+    (fx, sink)
+}
+
+#[test]
+fn rejected_550_fails_at_rcpt_and_450_is_retried_then_deferred() {
+    let (fx, sink) = mixed_outcomes();
     let out = fx.send_list(&sink, "r.csv", &["--retries", "2"]);
     expect_code(&out, 1);
     assert!(
@@ -236,27 +243,8 @@ fn dot_lines_and_mixed_line_endings_arrive_byte_exact_with_data_and_bdat() {
 /// outcome is counted and sent as without a report, and no journal lands beside it.
 #[test]
 fn report_to_dev_null_is_accepted() {
-    let fx = Fx::new();
-    fx.write(
-        "list.csv",
-        "email,name\nok@x.example,Ok\nno@bad.example,No\nlater@slow.example,Later\n",
-    );
-    fx.write("t.eml", SIMPLE_TEMPLATE);
-    let sink = start_sink(SinkConfig {
-        reject: rules(&["550:*@bad.example", "450:*@slow.example"]),
-        ..SinkConfig::default()
-    });
-    let mut c = fx.send(&host_of(&sink));
-    c.args([
-        "--list",
-        "list.csv",
-        "--template",
-        "t.eml",
-        "--retries",
-        "1",
-    ])
-    .args(["--report", "/dev/null", "--format", "csv"]);
-    let out = run(c);
+    let (fx, sink) = mixed_outcomes();
+    let out = fx.send_list(&sink, "/dev/null", &["--retries", "1", "--format", "csv"]);
     expect_code(&out, 1);
     assert!(
         out.stderr.contains("3 rows: 1 sent, 1 failed, 1 deferred"),
