@@ -494,39 +494,42 @@ fn finish_job(
         }
         Handled::Final(v) => v,
     };
-    let mut extra: Vec<String> = extra.into_iter().map(|(_, _, text)| text).collect();
-    if let Some(earlier) = lock(&ctx.extras_done).remove(&row) {
-        extra.splice(0..0, earlier.into_iter().map(|(_, text)| text));
-    }
+    let earlier = lock(&ctx.extras_done).remove(&row);
     if v.status == Status::Sent {
         ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
     }
-    if !ctx.wants_rows() {
-        ctx.count_row(v.status);
-        ctx.queue.notify.notify_waiters();
-        return;
-    }
-    let mut r = row_report(&v.job.row, v.status, Some(o.stage.into()), v.job.attempts);
-    r.smtp_code = o.reply.as_ref().map(|r| r.code);
-    r.enhanced_code = o
-        .reply
-        .as_ref()
-        .and_then(|r| r.enhanced)
-        .map(|e| e.to_string());
-    r.response = if v.was_uncertain && v.status == Status::Unknown {
-        format!("{UNCERTAIN_NOTE}; last attempt: {}", o.text())
+    if ctx.wants_rows() {
+        let mut texts: Vec<String> = earlier
+            .into_iter()
+            .flatten()
+            .map(|(_, text)| text)
+            .collect();
+        texts.extend(extra.into_iter().map(|(_, _, text)| text));
+        let mut r = row_report(&v.job.row, v.status, Some(o.stage.into()), v.job.attempts);
+        r.smtp_code = o.reply.as_ref().map(|r| r.code);
+        r.enhanced_code = o
+            .reply
+            .as_ref()
+            .and_then(|r| r.enhanced)
+            .map(|e| e.to_string());
+        r.response = if v.was_uncertain && v.status == Status::Unknown {
+            format!("{UNCERTAIN_NOTE}; last attempt: {}", o.text())
+        } else {
+            o.text()
+        };
+        if !texts.is_empty() {
+            r.response = format!(
+                "{}; {}{}",
+                r.response,
+                super::render::EXTRA_PREFIX,
+                texts.join(", ")
+            );
+        }
+        r.message_id = message_id;
+        ctx.queue_report(&r);
     } else {
-        o.text()
-    };
-    if !extra.is_empty() {
-        r.response = format!(
-            "{}; {}{}",
-            r.response,
-            super::render::EXTRA_PREFIX,
-            extra.join(", ")
-        );
+        // Nothing reads the row (`--report /dev/null`): only its status is counted.
+        ctx.count_row(v.status);
     }
-    r.message_id = message_id;
-    ctx.queue_report(&r);
     ctx.queue.notify.notify_waiters();
 }

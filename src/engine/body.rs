@@ -8,10 +8,6 @@
 /// Appends `body` with every line ending made CRLF and a final CRLF when missing.
 /// Returns the number of octets appended.
 pub fn normalize_into(body: &[u8], out: &mut Vec<u8>) -> usize {
-    if is_encoded(body, false) {
-        out.extend_from_slice(body);
-        return body.len();
-    }
     let start = out.len();
     walk(body, out, false);
     out.len() - start
@@ -73,18 +69,13 @@ fn is_encoded(body: &[u8], stuff: bool) -> bool {
         return false;
     }
     // Pair i is (body[i], body[i + 1]).
-    let (first, second) = (&body[..n - 1], &body[1..]);
-    let mut firsts = first.chunks_exact(BLOCK);
-    let mut seconds = second.chunks_exact(BLOCK);
-    for (a, b) in (&mut firsts).zip(&mut seconds) {
-        let (Ok(a), Ok(b)) = (<&[u8; BLOCK]>::try_from(a), <&[u8; BLOCK]>::try_from(b)) else {
-            return false;
-        };
-        if bad_pairs(a, b, stuff) {
-            return false;
-        }
-    }
-    !bad_pairs(firsts.remainder(), seconds.remainder(), stuff)
+    let (firsts, first_rest) = body[..n - 1].as_chunks::<BLOCK>();
+    let (seconds, second_rest) = body[1..].as_chunks::<BLOCK>();
+    !(firsts
+        .iter()
+        .zip(seconds)
+        .any(|(a, b)| bad_pairs(a, b, stuff))
+        || bad_pairs(first_rest, second_rest, stuff))
 }
 
 /// Does a pair break the encoded form: a CR not before LF, an LF not after CR, or (with

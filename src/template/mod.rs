@@ -755,14 +755,14 @@ fn render_pieces(pieces: &[HeaderPiece], ctx: &RowContext<'_>) -> (String, bool)
     for piece in pieces {
         match piece {
             HeaderPiece::Text(t) => out.push_str(t),
-            HeaderPiece::Var(name) => match ctx.columns.get(name.as_str()) {
-                Some(value) => dirty |= push_header_value(&mut out, value).unwrap_or(false),
-                None => {
-                    if let Some(n) = ctx.row.filter(|_| name == ROW_VARIABLE) {
-                        out.push_str(itoa::Buffer::new().format(n));
-                    }
+            HeaderPiece::Var(name) => {
+                if let Some(value) = ctx.columns.get(name.as_str()) {
+                    dirty |= push_header_value(&mut out, value).unwrap_or(false);
+                } else if let Some(n) = ctx.row {
+                    // The one variable that is not a column: `row`, the row number.
+                    out.push_str(itoa::Buffer::new().format(n));
                 }
-            },
+            }
         }
     }
     (out, dirty)
