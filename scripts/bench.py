@@ -848,24 +848,39 @@ def evaluate_targets(results, large, startup) -> list[dict]:
 
 
 def smoke_checks(results, large, startup) -> list[str]:
-    """Sanity bounds (not the issue's targets): catches a broken pipeline, not a slow one."""
+    """Sanity bounds (not the issue's targets): catches a broken pipeline, not a slow one.
+
+    The engine's own round-trip count does not depend on the host's load and carries the
+    strict bound. The wall-clock figure (wall / measured RTT) grows with a busy host (a full
+    Postfix smtpd spends CPU on every reply; 30 messages of 1.1 RT each read 1.54 on a loaded
+    CI machine), so its bounds only separate pipelined (about 1) from lock-step (4 and more)
+    and windowed BDAT (under 0.1) from BDAT waiting per chunk (1 and more).
+    """
     bad = []
 
     def need(cond, msg):
         if not cond:
             bad.append(msg)
 
-    for key, lo, hi in (("sink-pipelined", 0.8, 1.5), ("sink-lockstep", 3.0, 6.5),
-                        ("pf-pipelined", 0.8, 1.5), ("pf-bdat", 0.0, 0.5),
-                        ("ps-pipelined", 0.8, 1.5), ("ps-bdat", 0.0, 0.3)):
+    # key, wall lo, wall hi, engine hi (None: not checked)
+    for key, lo, hi, eng_hi in (("sink-pipelined", 0.8, 2.5, 1.2),
+                                ("sink-lockstep", 3.0, None, None),
+                                ("pf-pipelined", 0.8, 2.5, 1.2),
+                                ("pf-bdat", 0.0, 0.8, 0.2),
+                                ("ps-pipelined", 0.8, 2.5, 1.2),
+                                ("ps-bdat", 0.0, 0.8, 0.2)):
         r = find(results, key, 20.0)
         need(r is not None, f"{key} at RTT 20 ms did not run or failed")
         if r:
-            need(lo <= r.rt_per_msg_wall <= hi,
-                 f"{key} at RTT 20 ms: {r.rt_per_msg_wall:.3f} RT/msg outside [{lo}, {hi}]")
-            if r.rt_per_msg_engine is not None and key.endswith("pipelined"):
-                need(r.rt_per_msg_engine <= 1.2,
-                     f"{key}: engine counted {r.rt_per_msg_engine:.3f} RT/msg (> 1.2)")
+            need(lo <= r.rt_per_msg_wall and (hi is None or r.rt_per_msg_wall <= hi),
+                 f"{key} at RTT 20 ms: {r.rt_per_msg_wall:.3f} RT/msg outside "
+                 f"[{lo}, {hi if hi is not None else 'inf'}]")
+            if eng_hi is not None:
+                need(r.rt_per_msg_engine is not None,
+                     f"{key}: the engine's round-trip count is missing")
+                if r.rt_per_msg_engine is not None:
+                    need(r.rt_per_msg_engine <= eng_hi,
+                         f"{key}: engine counted {r.rt_per_msg_engine:.3f} RT/msg (> {eng_hi})")
     r = find(results, "sink-pipelined", 0.0)
     need(r is not None and r.msg_per_s > 200, "pipelined at RTT 0 missing or under 200 msg/s")
     for rec in large:
