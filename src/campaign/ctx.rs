@@ -156,6 +156,12 @@ pub(super) struct Ctx {
     pub(super) live_workers: AtomicU64,
     /// The report: written by whichever thread has the row, one row per write.
     pub(super) writer: Mutex<Option<ReportWriter>>,
+    /// Whether a decided row is needed as a [`ReportRow`]: a report is written, or permanent
+    /// failures are collected for `--suppress-add`. Fixed when the run starts (the writer
+    /// only ever goes away after a write error, which stops the run), so the connections
+    /// do not take the writer's lock per message to ask. Otherwise a row is only counted
+    /// ([`Ctx::count_row`]).
+    pub(super) rows_wanted: bool,
     pub(super) write_error: Mutex<Option<String>>,
     /// Set once the lock-step fallback was announced.
     pub(super) warned_lockstep: AtomicBool,
@@ -219,14 +225,7 @@ impl Ctx {
         }
     }
 
-    /// Is a decided row needed as a [`ReportRow`] (a report is written, or permanent
-    /// failures are collected for `--suppress-add`)? Otherwise only its status is counted
-    /// ([`Ctx::count_row`]).
-    pub(super) fn wants_rows(&self) -> bool {
-        self.permanent.is_some() || lock(&self.writer).is_some()
-    }
-
-    /// Counts a decided row that is not written anywhere (see [`Ctx::wants_rows`]).
+    /// Counts a decided row that is not written anywhere (see [`Ctx::rows_wanted`]).
     pub(super) fn count_row(&self, status: Status) {
         let _ = self.report.send(ReportMsg::Row(status));
     }

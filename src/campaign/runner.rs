@@ -86,6 +86,7 @@ pub(super) fn run(c: Campaign, observer: Arc<dyn Observer>) -> Result<Summary, C
         report: report_tx,
         journal: journal.map(Mutex::new),
         live_workers: AtomicU64::new(u64::from(c.connections)),
+        rows_wanted: writer.is_some() || c.suppress_add.is_some(),
         writer: Mutex::new(writer),
         write_error: Mutex::new(None),
         warned_lockstep: AtomicBool::new(false),

@@ -498,7 +498,7 @@ fn finish_job(
     if v.status == Status::Sent {
         ctx.counters.sent.fetch_add(1, Ordering::Relaxed);
     }
-    if ctx.wants_rows() {
+    if ctx.rows_wanted {
         let mut texts: Vec<String> = earlier
             .into_iter()
             .flatten()

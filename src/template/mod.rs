@@ -691,18 +691,12 @@ fn new_environment() -> Environment<'static> {
                 owned.as_str()
             }
         };
-        match push_header_value(out, text) {
-            Ok(dirty) => {
-                if dirty {
-                    SANITIZED.set(true);
-                }
-                Ok(())
-            }
-            Err(_) => Err(minijinja::Error::new(
-                ErrorKind::WriteFailure,
-                "write failed",
-            )),
+        if push_header_value(out, text)
+            .map_err(|_| minijinja::Error::new(ErrorKind::WriteFailure, "write failed"))?
+        {
+            SANITIZED.set(true);
         }
+        Ok(())
     });
     env
 }
